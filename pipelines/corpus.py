@@ -1,0 +1,76 @@
+"""Corpus recipe: parallel text -> cleaned, split, Parquet (every row kept or rejected with a reason).
+
+    rows in  --flat_map-->  pairs  --map_batches(clean)-->  reason  --map_batches(split)-->  Parquet
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from functools import partial
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from mdistill.assets import debian_help_root
+from mdistill.config import CorpusConfig
+from mdistill.corpus.clean import assign_split, clean_table, normalize_lang
+from mdistill.corpus.sources import libreoffice_file_pairs, list_help_files
+
+
+def _split_batch(batch: pa.Table, dev_fraction: float, train_fraction: float) -> pa.Table:
+    split = [assign_split(en, dev_fraction, train_fraction) for en in batch.column("en").to_pylist()]
+    return batch.append_column("split", pa.array(split, pa.string()))
+
+
+def _normalize_langs(batch: dict) -> dict:
+    return {**batch, "lang": [normalize_lang(str(x)) for x in batch["lang"]]}
+
+
+def build_corpus(cfg: CorpusConfig, cache_dir: Path, out_dir: Path) -> dict:
+    """Write ``out_dir/pairs/*.parquet`` (columns en, lang, text, source, reason, split) and
+    return the manifest: rows in, kept, rejected by reason, per language."""
+    if cfg.source == "debian-libreoffice":
+        help_root = debian_help_root(cfg.langs, cache_dir)
+        files = list_help_files(help_root, cfg.max_files)
+        ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=min(len(files), 64))
+        ds = ds.flat_map(libreoffice_file_pairs, fn_kwargs={"help_root": str(help_root), "langs": cfg.langs})
+    else:
+        ds = ray.data.read_parquet(cfg.paths, columns=["en", "lang", "text"]).map_batches(_normalize_langs)
+
+    ds = ds.map_batches(
+        clean_table,
+        fn_kwargs=dict(min_words=cfg.min_words, max_words=cfg.max_words, max_chars=cfg.max_chars, max_length_ratio=cfg.max_length_ratio),
+        batch_format="pyarrow",
+    )
+    ds = ds.map_batches(partial(_split_batch, dev_fraction=cfg.dev_fraction, train_fraction=cfg.train_fraction), batch_format="pyarrow")
+    pairs = out_dir / "pairs"
+    shutil.rmtree(pairs, ignore_errors=True)  # write_parquet adds files to an existing folder
+    ds.write_parquet(str(pairs))
+
+    manifest = corpus_manifest(pairs)
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def corpus_manifest(pairs_dir: Path) -> dict:
+    """Counts per language: rows in, kept, rejected by reason, kept per split (reads two columns)."""
+    t = pq.read_table(pairs_dir, columns=["lang", "reason", "split"])
+    out: dict = {}
+    for lang in sorted(set(t.column("lang").to_pylist())):
+        s = t.filter(pc.equal(t.column("lang"), lang))
+        reasons = s.column("reason")
+        kept = s.filter(pc.is_null(reasons))
+        rej = s.filter(pc.is_valid(reasons)).column("reason").value_counts().to_pylist()
+        splits = kept.column("split").value_counts().to_pylist()
+        out[lang] = {
+            "rows_in": s.num_rows,
+            "kept": kept.num_rows,
+            "rejected": {r["values"]: r["counts"] for r in rej},
+            "kept_by_split": {r["values"]: r["counts"] for r in splits},
+        }
+        assert out[lang]["rows_in"] == out[lang]["kept"] + sum(out[lang]["rejected"].values())
+    return out

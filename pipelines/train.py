@@ -1,0 +1,84 @@
+"""Student recipe: cache the frozen student's bottom once, then train its top on Ray Train.
+
+1. ``map_batches(BottomStatesPredictor)`` runs the student once over every training and dev
+   sentence: layer-k hidden states (what training starts from) and the frozen student's own
+   embedding (the untrained and linear-map baselines).
+2. ``TorchTrainer`` streams those states with their teacher vectors (``get_dataset_shard``) and
+   trains the top layers + Dense head with the Reimers & Gurevych MSE loss.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import ray
+import ray.train
+import torch
+from ray.data.expressions import col
+from ray.train.torch import TorchTrainer
+
+from mdistill.config import RunConfig
+from mdistill.resources import inference_plan, train_worker_resources
+from mdistill.teacher.predictor import BottomStatesPredictor
+from mdistill.training.loop import train_loop_per_worker
+
+
+def frozen_states_pass(cfg: RunConfig, student_path: str, rows: pa.Table, prompt: str, out_dir: Path) -> Path:
+    """Write ``rows`` + hidden states + frozen embeddings as Parquet under ``out_dir``."""
+    plan = inference_plan(ray.cluster_resources())
+    frozen_layers = num_layers(student_path) - cfg.student.train_layers
+    ds = ray.data.from_arrow(rows).repartition(max(plan.size * 4, rows.num_rows // 1024 + 1))
+    states = ds.map_batches(
+        BottomStatesPredictor,
+        fn_constructor_kwargs=dict(model=student_path, frozen_layers=frozen_layers, max_seq_length=cfg.student.max_seq_length, batch_size=cfg.eval.batch_size, prompt=prompt, threads=plan.threads),
+        batch_size=512,
+        batch_format="pyarrow",
+        concurrency=plan.size,
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
+    )
+    shutil.rmtree(out_dir, ignore_errors=True)
+    states.write_parquet(str(out_dir))
+    return out_dir
+
+
+def num_layers(student_path: str) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(student_path).num_hidden_layers
+
+
+def train_student(cfg: RunConfig, student_path: str, states_dir: Path, dense: torch.nn.Linear | None, run_dir: Path) -> ray.train.Result:
+    train_ds = ray.data.read_parquet(str(states_dir), columns=["split", "hidden", "length", "dim", "target"]).filter(expr=col("split") == "train").drop_columns(["split"])
+    dense_path = None
+    if dense is not None:
+        dense_path = run_dir / "dense_init.pt"
+        torch.save(dense, dense_path)
+    resources, threads = train_worker_resources(ray.cluster_resources(), cfg.train.workers, cfg.train.use_gpu)
+    t = cfg.train
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=dict(
+            student_path=student_path,
+            dense_path=str(dense_path) if dense_path else None,
+            train_layers=cfg.student.train_layers,
+            train_rows=train_ds.count(),
+            threads=threads,
+            seed=cfg.seed,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            lr=t.lr,
+            head_lr=t.head_lr,
+            warmup_ratio=t.warmup_ratio,
+            weight_decay=t.weight_decay,
+            max_grad_norm=t.max_grad_norm,
+            bucket_rows=t.bucket_rows,
+            log_every=t.log_every,
+        ),
+        scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        datasets={"train": train_ds},
+        run_config=ray.train.RunConfig(name="train", storage_path=str((run_dir / "ray_train").resolve())),
+    )
+    return trainer.fit()

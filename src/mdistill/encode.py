@@ -1,0 +1,52 @@
+"""Batch encoding kernels (no Ray): the teacher pass, baselines and evaluation call these.
+
+Texts are sorted by length before batching so each batch pads little; outputs come back in
+input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def load_sentence_transformer(path_or_id: str, device: str | None = None, max_seq_length: int | None = None):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(path_or_id, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
+    return model.eval()
+
+
+def default_prompt(model) -> str:
+    name = getattr(model, "default_prompt_name", None)
+    return model.prompts.get(name, "") if name else ""
+
+
+def length_order(texts: Sequence[str]) -> np.ndarray:
+    return np.argsort([len(t) for t in texts], kind="stable")
+
+
+@torch.inference_mode()
+def encode_batch(model, texts: Sequence[str], *, batch_size: int = 64, prompt: str | None = None, autocast: bool = True) -> np.ndarray:
+    """Sentence embeddings exactly as the model defines them (pooling, normalisation), float32.
+
+    ``prompt=None`` uses the model's default prompt, like ``SentenceTransformer.encode``.
+    On GPU the forward runs under bf16 autocast.
+    """
+    prompt = default_prompt(model) if prompt is None else prompt
+    device = model.device
+    out = np.empty((len(texts), model.get_sentence_embedding_dimension()), dtype=np.float32)
+    order = length_order(texts)
+    use_amp = autocast and device.type == "cuda"
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        features = model.preprocess([prompt + texts[i] for i in idx])
+        features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            emb = model(features)["sentence_embedding"]
+        out[idx] = emb.float().cpu().numpy()
+    return out

@@ -1,0 +1,3 @@
+from mdistill.losses.MSELoss import MSELoss
+
+__all__ = ["MSELoss"]

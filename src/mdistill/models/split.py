@@ -1,0 +1,119 @@
+"""A student split in two: a frozen bottom computed once, a trainable top trained many times.
+
+On CPU the transformer forward is compute-bound, so the cheapest training step is the one that
+does not recompute what does not change. The bottom ``num_layers - train_layers`` layers of the
+student are frozen: their output (per-token hidden states) is computed once per sentence and
+cached. Training then runs only the top layers, mean pooling, the Dense head and the
+normalisation - the same modules, in the same order, as the exported sentence-transformers model,
+so ``SentenceTransformer(exported).encode`` equals ``TopStudent(bottom_states(...))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+
+
+def _bert(st_model):
+    """The Hugging Face encoder inside a SentenceTransformer (Transformer module first)."""
+    return st_model[0].auto_model
+
+
+def encoder_layers(bert) -> nn.ModuleList:
+    return bert.encoder.layer
+
+
+def run_layers(bert, hidden: torch.Tensor, mask: torch.Tensor, layers) -> torch.Tensor:
+    ext = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask)
+    for layer in layers:
+        out = layer(hidden, ext)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+@torch.inference_mode()
+def bottom_states(st_model, texts: Sequence[str], frozen_layers: int, *, prompt: str, batch_size: int = 64):
+    """Per text: hidden states after ``frozen_layers`` layers (float16, [tokens, hidden]) and the
+    frozen student's mean-pooled output before any head or normalisation (float32, what a Dense
+    head on top sees), computed in one forward pass."""
+    bert = _bert(st_model)
+    layers = encoder_layers(bert)
+    states: list[np.ndarray | None] = [None] * len(texts)
+    emb = np.empty((len(texts), bert.config.hidden_size), dtype=np.float32)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        f = st_model.preprocess([prompt + texts[i] for i in idx])
+        ids, mask = f["input_ids"].to(bert.device), f["attention_mask"].to(bert.device)
+        h = bert.embeddings(input_ids=ids, token_type_ids=f.get("token_type_ids"))
+        h = run_layers(bert, h, mask, layers[:frozen_layers])
+        top = run_layers(bert, h, mask, layers[frozen_layers:])
+        e = mean_pool(top, mask)
+        lengths = mask.sum(1).tolist()
+        h16 = h.to(torch.float16).cpu().numpy()
+        for j, i in enumerate(idx):
+            states[i] = h16[j, : lengths[j]]
+        emb[idx] = e.float().cpu().numpy()
+    return states, emb
+
+
+def pad_states(states: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad variable-length [tokens, hidden] arrays into a batch and its attention mask."""
+    n, hid = len(states), states[0].shape[1]
+    L = max(s.shape[0] for s in states)
+    x = torch.zeros(n, L, hid, dtype=torch.float32)
+    m = torch.zeros(n, L, dtype=torch.long)
+    for i, s in enumerate(states):
+        x[i, : s.shape[0]] = torch.from_numpy(np.asarray(s, dtype=np.float32))
+        m[i, : s.shape[0]] = 1
+    return x, m
+
+
+class TopStudent(nn.Module):
+    """Top ``train_layers`` layers + mean pooling + optional Dense + normalize.
+
+    The layer modules are shared with the SentenceTransformer they come from, so training this
+    module trains that model in place.
+    """
+
+    def __init__(self, st_model, train_layers: int, dense: nn.Linear | None = None):
+        super().__init__()
+        bert = _bert(st_model)
+        n = len(encoder_layers(bert))
+        if not 1 <= train_layers <= n:
+            raise ValueError(f"train_layers={train_layers} but the student has {n} layers")
+        self.config = bert.config
+        self._bert = [bert]  # not a submodule: only the top layers are parameters here
+        self.layers = nn.ModuleList(list(encoder_layers(bert))[n - train_layers :])
+        self.dense = dense
+
+    @property
+    def frozen_layers(self) -> int:
+        return len(encoder_layers(self._bert[0])) - len(self.layers)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = run_layers(self._bert[0], hidden, mask, self.layers)
+        e = mean_pool(x, mask)
+        if self.dense is not None:
+            e = self.dense(e)
+        return torch.nn.functional.normalize(e, dim=-1)
+
+
+def lstsq_dense(x: np.ndarray, y: np.ndarray) -> nn.Linear:
+    """The least-squares affine map x -> y as an ``nn.Linear`` (the linear-map baseline)."""
+    xb = np.hstack([x, np.ones((len(x), 1), dtype=x.dtype)]).astype(np.float64)
+    w = np.linalg.lstsq(xb, y.astype(np.float64), rcond=None)[0]
+    lin = nn.Linear(x.shape[1], y.shape[1])
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(w[:-1].T.astype(np.float32)))
+        lin.bias.copy_(torch.from_numpy(w[-1].astype(np.float32)))
+    return lin

@@ -1,0 +1,43 @@
+"""Sizing of actor pools and trainers from the cluster's resources.
+
+Measured on 2 CPUs (see README, "Sizing"): two inference actors at 1 CPU each leave no CPU for
+the Ray Data read tasks and hang; Ray Train workers that hold every CPU starve the data tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    size: int  # actors in the pool
+    num_cpus: float  # per actor
+    num_gpus: float  # per actor
+    threads: int  # torch threads per actor (CPU)
+
+
+def inference_plan(resources: dict, max_actors: int | None = None) -> ActorPlan:
+    """One actor per GPU; without GPUs, actors of 2 threads, leaving CPU for the read tasks."""
+    gpus = int(resources.get("GPU", 0))
+    cpus = int(resources.get("CPU", 1))
+    if gpus >= 1:
+        size = gpus if max_actors is None else min(gpus, max_actors)
+        return ActorPlan(size=size, num_cpus=1, num_gpus=1, threads=max(1, cpus // gpus - 1))
+    if cpus <= 2:
+        return ActorPlan(size=1, num_cpus=1, num_gpus=0, threads=cpus)
+    size = max(1, (cpus - 1) // 2)
+    if max_actors is not None:
+        size = min(size, max_actors)
+    return ActorPlan(size=size, num_cpus=2, num_gpus=0, threads=2)
+
+
+def train_worker_resources(resources: dict, workers: int, use_gpu: bool) -> tuple[dict, int]:
+    """CPU per worker (leaving room for the data tasks) and torch threads per worker."""
+    if use_gpu:
+        return {"CPU": 1, "GPU": 1}, 4
+    cpus = float(resources.get("CPU", 1))
+    per = max(0.25, min(cpus / workers, (cpus - 1) / workers)) if cpus > 1 else 0.5 / workers
+    per = round(min(per, cpus / workers), 2)
+    threads = max(1, int(cpus // workers))
+    return {"CPU": per}, threads

@@ -1,0 +1,140 @@
+"""Content-addressed Parquet cache of teacher outputs.
+
+Layout: ``<root>/<teacher fingerprint>/<shard>.parquet`` with columns ``key`` (hash of the
+text) and ``embedding``. A shard is written under a temporary name and renamed when complete,
+so a reader never sees a partial shard; files that are not complete shards are ignored, and a
+shard that fails to read is reported and its keys are recomputed. Another teacher's vectors are
+never read: they live under another fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+TEXT_NORMALIZATION = "nfc-ws-v1"  # bump when mdistill.corpus.clean.normalize_text changes
+
+
+def text_key(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _hash_files(h, root: Path) -> None:
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            h.update(str(p.relative_to(root)).encode())
+            with p.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+
+
+def teacher_fingerprint(model_dir: str | Path, **settings) -> str:
+    """Hash of everything that changes the teacher's outputs: every file of the model directory
+    (weights, tokenizer, pooling/normalize modules) and the run settings (max length, dtype,
+    prompt, ...), plus the text normalisation version."""
+    h = hashlib.blake2b(digest_size=16)
+    _hash_files(h, Path(model_dir))
+    h.update(json.dumps({**settings, "text_normalization": TEXT_NORMALIZATION}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    def __init__(self, root: str | Path, fingerprint: str):
+        self.dir = Path(root) / fingerprint
+        self.fingerprint = fingerprint
+        self.corrupt: list[Path] = []
+
+    def shards(self) -> list[Path]:
+        return sorted(p for p in self.dir.glob("*.parquet") if not p.name.startswith("."))
+
+    def _read(self, shard: Path, columns: list[str]) -> pa.Table | None:
+        try:
+            return pq.read_table(shard, columns=columns)
+        except Exception as e:  # truncated or garbled file: report, skip, recompute its keys
+            log.warning("teacher cache: unreadable shard %s (%s); its keys will be recomputed", shard, e)
+            self.corrupt.append(shard)
+            return None
+
+    def keys(self) -> set[str]:
+        out: set[str] = set()
+        for shard in self.shards():
+            t = self._read(shard, ["key"])
+            if t is not None:
+                out.update(t.column("key").to_pylist())
+        return out
+
+    def missing(self, texts: Iterable[str]) -> list[str]:
+        have = self.keys()
+        seen: set[str] = set()
+        todo = []
+        for t in texts:
+            k = text_key(t)
+            if k not in have and k not in seen:
+                seen.add(k)
+                todo.append(t)
+        return todo
+
+    def add_shard_file(self, src: Path) -> Path:
+        """Move a finished Parquet file into the cache atomically (same filesystem rename)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        dst = self.dir / f"{uuid.uuid4().hex}.parquet"
+        tmp = self.dir / f".{dst.name}.tmp"
+        if src.stat().st_dev == self.dir.stat().st_dev:
+            os.replace(src, tmp)
+        else:
+            tmp.write_bytes(src.read_bytes())
+        os.replace(tmp, dst)
+        return dst
+
+    def write(self, keys: Sequence[str], embeddings: np.ndarray, dtype: str = "float32") -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{uuid.uuid4().hex}.parquet.tmp"
+        pq.write_table(embeddings_table(keys, embeddings, dtype), tmp)
+        dst = self.dir / tmp.name[1:].removesuffix(".tmp")
+        os.replace(tmp, dst)
+        return dst
+
+    def lookup(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for ``texts`` (float32, input order); KeyError names a text not in the cache."""
+        want = {text_key(t) for t in texts}
+        found: dict[str, np.ndarray] = {}
+        for shard in self.shards():
+            t = self._read(shard, ["key", "embedding"])
+            if t is None:
+                continue
+            keys = t.column("key").to_pylist()
+            vecs = None
+            for i, k in enumerate(keys):
+                if k in want and k not in found:
+                    if vecs is None:
+                        vecs = embedding_matrix(t.column("embedding"))
+                    found[k] = vecs[i]
+        out = []
+        for text in texts:
+            k = text_key(text)
+            if k not in found:
+                raise KeyError(f"teacher cache {self.fingerprint}: no vector for {text[:80]!r}")
+            out.append(found[k])
+        return np.stack(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+
+def embeddings_table(keys: Sequence[str], embeddings: np.ndarray, dtype: str = "float32") -> pa.Table:
+    arr = np.ascontiguousarray(embeddings, dtype=np.float16 if dtype == "float16" else np.float32)
+    flat = pa.array(arr.reshape(-1))
+    return pa.table({"key": pa.array(list(keys), pa.string()), "embedding": pa.FixedSizeListArray.from_arrays(flat, arr.shape[1])})
+
+
+def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    dim = arr.type.list_size if pa.types.is_fixed_size_list(arr.type) else len(arr[0])
+    return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(arr), dim)

@@ -1,0 +1,58 @@
+"""Callable classes for Ray Data ``map_batches`` actor pools (they import no Ray).
+
+Each actor loads its model once in ``__init__``; ``__call__`` takes a pyarrow batch with a
+``text`` column and returns a pyarrow table, so the Parquet files written from it hold plain
+Arrow types that any reader understands.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import torch
+
+from mdistill.encode import encode_batch, load_sentence_transformer
+from mdistill.teacher.cache import embeddings_table, text_key
+
+
+def _threads(n: int | None) -> None:
+    if n and not torch.cuda.is_available():
+        torch.set_num_threads(n)
+
+
+class TeacherPredictor:
+    """Teacher sentence embeddings keyed by text hash (the cache's shard format)."""
+
+    def __init__(self, model: str, max_seq_length: int, batch_size: int, prompt: str = "", dtype: str = "float32", threads: int | None = None):
+        _threads(threads)
+        self.model = load_sentence_transformer(model, max_seq_length=max_seq_length)
+        self.batch_size, self.prompt, self.dtype = batch_size, prompt, dtype
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = batch.column("text").to_pylist()
+        emb = encode_batch(self.model, texts, batch_size=self.batch_size, prompt=self.prompt)
+        return embeddings_table([text_key(t) for t in texts], emb, self.dtype)
+
+
+class BottomStatesPredictor:
+    """The frozen student's layer-k hidden states (float16 bytes) and its mean-pooled output.
+
+    Input columns pass through unchanged; ``hidden``, ``length``, ``dim`` and ``pooled`` are added.
+    """
+
+    def __init__(self, model: str, frozen_layers: int, max_seq_length: int, batch_size: int, prompt: str, threads: int | None = None):
+        _threads(threads)
+        self.model = load_sentence_transformer(model, max_seq_length=max_seq_length)
+        self.frozen_layers, self.batch_size, self.prompt = frozen_layers, batch_size, prompt
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from mdistill.models.split import bottom_states
+
+        texts = batch.column("text").to_pylist()
+        states, emb = bottom_states(self.model, texts, self.frozen_layers, prompt=self.prompt, batch_size=self.batch_size)
+        emb_col = embeddings_table(["" for _ in texts], emb).column("embedding")
+        return (
+            batch.append_column("hidden", pa.array([s.tobytes() for s in states], pa.binary()))
+            .append_column("length", pa.array([s.shape[0] for s in states], pa.int32()))
+            .append_column("dim", pa.array([s.shape[1] for s in states], pa.int32()))
+            .append_column("pooled", emb_col)
+        )

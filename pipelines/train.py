@@ -64,6 +64,7 @@ def train_student(cfg: RunConfig, student_path: str, states_dir: Path, dense: to
             student_path=student_path,
             dense_path=str(dense_path) if dense_path else None,
             train_layers=cfg.student.train_layers,
+            dropout=cfg.student.dropout,
             train_rows=train_ds.count(),
             threads=threads,
             seed=cfg.seed,

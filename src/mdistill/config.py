@@ -64,6 +64,7 @@ class StudentConfig(_Strict):
     max_seq_length: int = Field(64, ge=8)
     train_layers: int = Field(2, ge=1)  # top transformer layers trained; the rest is frozen and cached once
     projection: Literal["lstsq", "random", "none"] = "lstsq"  # Dense head; lstsq starts at the linear-map baseline
+    dropout: float = Field(0.0, ge=0, lt=1)  # in the trained layers
 
 
 class TrainConfig(_Strict):

@@ -96,6 +96,13 @@ class TopStudent(nn.Module):
         self.layers = nn.ModuleList(list(encoder_layers(bert))[n - train_layers :])
         self.dense = dense
 
+    def set_dropout(self, p: float) -> None:
+        """Dropout of the trained layers (0 by default: MSE regression onto teacher vectors gains
+        nothing from it, and noise before a least-squares head is amplified)."""
+        for m in self.layers.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
+
     @property
     def frozen_layers(self) -> int:
         return len(encoder_layers(self._bert[0])) - len(self.layers)

@@ -29,6 +29,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     st = load_sentence_transformer(cfg["student_path"], device="cpu")
     dense = torch.load(cfg["dense_path"], weights_only=False) if cfg.get("dense_path") else None
     top = TopStudent(st, cfg["train_layers"], dense=dense)
+    top.set_dropout(cfg["dropout"])
     top.train()
     model = ray.train.torch.prepare_model(top)
 

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random-init sentence-transformers models and a small real corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture_pairs() -> pd.DataFrame:
+    """Real en->de/fr pairs from LibreOffice help (MPL-2.0), a few hundred rows."""
+    return pd.read_csv(FIXTURES / "libreoffice_de_fr.tsv", sep="\t", keep_default_na=False, quoting=3)
+
+
+def make_tiny_model(out: Path, texts: list[str], *, layers: int = 2, hidden: int = 32, prompt: str = "", seed: int = 0) -> Path:
+    """A random-init BERT with a WordPiece vocabulary trained on ``texts``, saved as a
+    sentence-transformers directory (mean pooling + normalize)."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from mdistill.models.st_format import write_sentence_transformer
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=hidden * 2, max_position_embeddings=128)
+    return write_sentence_transformer(out, BertModel(cfg, add_pooling_layer=False), fast, max_seq_length=64, prompt=prompt)
+
+
+@pytest.fixture(scope="session")
+def pairs() -> pd.DataFrame:
+    return fixture_pairs()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, pairs) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    texts = list(pairs.en) + list(pairs.text)
+    return {
+        "teacher": make_tiny_model(root / "teacher", texts, layers=2, hidden=32, seed=1),
+        "student": make_tiny_model(root / "student", texts, layers=3, hidden=32, prompt="query: ", seed=2),
+    }

@@ -1,0 +1,84 @@
+"""The whole path on real Ray (local, 2 CPUs): fixture corpus -> teacher cache -> frozen pass ->
+Ray Train (2 workers, gloo) -> evaluation -> export -> report; then a warm re-run."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mdistill.config import load_config
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, dashboard_host="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(420)
+def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
+    from mdistill.encode import load_sentence_transformer
+    from mdistill.pipelines.run import run
+
+    corpus = tmp_path / "corpus.parquet"
+    bad = [{"en": "", "lang": "de", "text": "leer", "source": "x"}, {"en": "Same text here", "lang": "fr", "text": "Same text here", "source": "x"}]
+    pq.write_table(pa.Table.from_pylist(pairs.to_dict("records") + bad), corpus)
+    overrides = [
+        "corpus.source=parquet",
+        f"corpus.paths=[{corpus}]",
+        "corpus.langs=[de, fr]",
+        "corpus.dev_fraction=0.25",
+        "corpus.train_fraction=1.0",
+        f"teacher.model={tiny_models['teacher']}",
+        f"student.model={tiny_models['student']}",
+        "student.train_layers=2",
+        "train.epochs=2",
+        "train.batch_size=16",
+        "train.bucket_rows=64",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    cfg = load_config("configs/default.yaml", overrides)
+    report = run(cfg)
+
+    # every input row is kept or rejected with its reason
+    m = report["corpus"]
+    assert m["de"]["rows_in"] + m["fr"]["rows_in"] == len(pairs) + 2
+    for lang in ("de", "fr"):
+        assert m[lang]["rows_in"] == m[lang]["kept"] + sum(m[lang]["rejected"].values())
+    assert m["de"]["rejected"]["empty"] >= 1 and m["fr"]["rejected"]["identical"] >= 1
+
+    # no English sentence in two splits
+    t = pq.read_table(tmp_path / "run" / "corpus" / "pairs").to_pandas()
+    assert t.groupby("en")["split"].nunique().max() == 1
+
+    # the table: four models per language, all metrics in range
+    for lang in ("de", "fr"):
+        row = report["metrics"][lang]
+        assert row["n"] > 10
+        for model in ("teacher", "untrained", "linear_map", "student"):
+            assert 0.0 <= row[model]["teacher_space_top1"] <= 1.0
+    assert report["train"]["history"][-1]["epoch"] == 2
+    assert report["teacher_cache"]["computed"] == report["teacher_cache"]["distinct_texts"] > 0
+
+    # the exported model loads with sentence-transformers and reproduces our vectors
+    assert report["export"]["max_abs_diff"] < 1e-3
+    st = load_sentence_transformer(report["export"]["path"], device="cpu")
+    assert st.encode(["Hallo Welt"]).shape == (1, 32)
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["metrics"].keys() == report["metrics"].keys()
+    assert "| de |" in (tmp_path / "run" / "report.md").read_text()
+
+    # warm re-run: no teacher forward pass for cached sentences
+    again = run(cfg)
+    assert again["teacher_cache"]["computed"] == 0
+    assert again["teacher_cache"]["cache_hits"] == report["teacher_cache"]["distinct_texts"]
+    np.testing.assert_allclose(
+        again["metrics"]["de"]["teacher"]["teacher_space_top1"], report["metrics"]["de"]["teacher"]["teacher_space_top1"]
+    )

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from mdistill.teacher.cache import EmbeddingCache, teacher_fingerprint, text_key
+
+
+def test_write_lookup_missing_roundtrip(tmp_path):
+    c = EmbeddingCache(tmp_path, "fp")
+    v = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    c.write([text_key(t) for t in "abc"], v)
+    assert c.missing(["a", "b", "d", "d"]) == ["d"]
+    np.testing.assert_array_equal(c.lookup(["c", "a"]), v[[2, 0]])
+    with pytest.raises(KeyError, match="'d'"):
+        c.lookup(["d"])
+
+
+def test_float16_storage(tmp_path):
+    c = EmbeddingCache(tmp_path, "fp")
+    v = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+    c.write([text_key("x"), text_key("y")], v, dtype="float16")
+    np.testing.assert_allclose(c.lookup(["x", "y"]), v, atol=1e-2)
+
+
+def test_partial_files_are_ignored_and_corrupt_shards_recomputed(tmp_path):
+    c = EmbeddingCache(tmp_path, "fp")
+    c.write([text_key("a")], np.ones((1, 4), np.float32))
+    (c.dir / ".half-written.parquet.tmp").write_bytes(b"PAR1 garbage")
+    bad = c.write([text_key("b")], np.ones((1, 4), np.float32))
+    bad.write_bytes(bad.read_bytes()[:20])  # truncated shard
+    assert c.missing(["a", "b"]) == ["b"]  # b's shard is unreadable: recompute it
+    assert c.corrupt == [bad]
+
+
+def test_other_teacher_never_reads_these_vectors(tmp_path):
+    EmbeddingCache(tmp_path, "teacher-a").write([text_key("a")], np.ones((1, 4), np.float32))
+    assert EmbeddingCache(tmp_path, "teacher-b").missing(["a"]) == ["a"]
+
+
+def test_fingerprint_covers_weights_and_settings(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    base = teacher_fingerprint(tmp_path, max_seq_length=128, pooling="mean")
+    assert base == teacher_fingerprint(tmp_path, max_seq_length=128, pooling="mean")
+    assert base != teacher_fingerprint(tmp_path, max_seq_length=256, pooling="mean")
+    assert base != teacher_fingerprint(tmp_path, max_seq_length=128, pooling="cls")
+    (tmp_path / "model.safetensors").write_bytes(b"weights2")
+    assert base != teacher_fingerprint(tmp_path, max_seq_length=128, pooling="mean")

@@ -6,7 +6,6 @@ corpus -> select train/dev -> teacher (cached) -> frozen student pass -> baselin
 
 from __future__ import annotations
 
-import copy
 import time
 from datetime import datetime, timezone
 
@@ -98,15 +97,21 @@ def run(cfg: RunConfig) -> dict:
         student_path = resolve_model(cfg.student.model, cache_dir)
         st = load_sentence_transformer(student_path, device="cpu", max_seq_length=cfg.student.max_seq_length)
         prompt = default_prompt(st) if cfg.student.prompt is None else cfg.student.prompt
-        states_dir = frozen_states_pass(cfg, student_path, student_rows(train, dev, teacher), prompt, out / "student_states")
+        states_dir, states_stats = frozen_states_pass(cfg, student_path, student_rows(train, dev, teacher), prompt, cache_dir, out / "student_states")
+    print(f"[mdistill] student states cache: {states_stats['cache_hits']} hits, {states_stats['computed']} computed", flush=True)
 
     # 4. Baselines from the frozen pass: the untrained student and the least-squares linear map.
     meta = pq.read_table(states_dir, columns=["text", "lang", "en", "split", "target", "pooled"])
     is_train = pc.equal(meta.column("split"), "train")
     tr = meta.filter(is_train)
-    linear_map = lstsq_dense(embedding_matrix(tr.column("pooled")), embedding_matrix(tr.column("target")))
-    # The trained student's Dense head starts where the linear-map baseline ends (projection=lstsq).
-    dense = {"lstsq": copy.deepcopy(linear_map), "random": torch.nn.Linear(linear_map.in_features, linear_map.out_features), "none": None}[cfg.student.projection]
+    pooled, targets = embedding_matrix(tr.column("pooled")), embedding_matrix(tr.column("target"))
+    linear_map = lstsq_dense(pooled, targets)
+    # The trained student's Dense head starts at (a well-conditioned version of) the linear map.
+    dense = {
+        "lstsq": lambda: lstsq_dense(pooled, targets, ridge=cfg.student.head_ridge),
+        "random": lambda: torch.nn.Linear(pooled.shape[1], targets.shape[1]),
+        "none": lambda: None,
+    }[cfg.student.projection]()
 
     # 5. Train the student's top on Ray Train (2 workers, gloo on CPU).
     with timings.stage("train"):
@@ -150,6 +155,7 @@ def run(cfg: RunConfig) -> dict:
             "student_rows": meta.num_rows,
         },
         "teacher_cache": cache_stats,
+        "student_states_cache": states_stats,
         "train": {"history": ckpt["history"], "train_layers": cfg.student.train_layers, "projection": cfg.student.projection},
         "metrics": table,
         "beats_baselines": beats_baselines(table),

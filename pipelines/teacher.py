@@ -13,7 +13,7 @@ import ray
 from mdistill.assets import resolve_model
 from mdistill.config import TeacherConfig
 from mdistill.resources import inference_plan
-from mdistill.teacher.cache import EmbeddingCache, teacher_fingerprint
+from mdistill.teacher.cache import EmbeddingCache, model_fingerprint
 from mdistill.teacher.predictor import TeacherPredictor
 
 
@@ -28,7 +28,7 @@ def local_model_dir(path_or_id: str) -> str:
 
 def teacher_pass(cfg: TeacherConfig, texts: Sequence[str], cache_dir: Path, work_dir: Path) -> tuple[EmbeddingCache, dict]:
     model = local_model_dir(resolve_model(cfg.model, cache_dir))
-    fingerprint = teacher_fingerprint(model, max_seq_length=cfg.max_seq_length, dtype=cfg.dtype, prompt=cfg.prompt, pooling="model")
+    fingerprint = model_fingerprint(model, max_seq_length=cfg.max_seq_length, dtype=cfg.dtype, prompt=cfg.prompt, pooling="model")
     cache = EmbeddingCache(cache_dir / "teacher", fingerprint)
     unique = list(dict.fromkeys(texts))
     todo = cache.missing(unique)

@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import ray.train
 import torch
@@ -21,27 +23,55 @@ from ray.train.torch import TorchTrainer
 
 from mdistill.config import RunConfig
 from mdistill.resources import inference_plan, train_worker_resources
+from mdistill.teacher.cache import EmbeddingCache, model_fingerprint, text_key
 from mdistill.teacher.predictor import BottomStatesPredictor
 from mdistill.training.loop import train_loop_per_worker
 
 
-def frozen_states_pass(cfg: RunConfig, student_path: str, rows: pa.Table, prompt: str, out_dir: Path) -> Path:
-    """Write ``rows`` + hidden states + frozen embeddings as Parquet under ``out_dir``."""
-    plan = inference_plan(ray.cluster_resources())
+def frozen_states_pass(cfg: RunConfig, student_path: str, rows: pa.Table, prompt: str, cache_dir: Path, out_dir: Path) -> tuple[Path, dict]:
+    """Write ``rows`` + the frozen student's states as Parquet under ``out_dir``.
+
+    The states are cached like teacher vectors, keyed by (student fingerprint, text hash): a
+    re-run computes only sentences it has not seen.
+    """
     frozen_layers = num_layers(student_path) - cfg.student.train_layers
-    ds = ray.data.from_arrow(rows).repartition(max(plan.size * 4, rows.num_rows // 1024 + 1))
-    states = ds.map_batches(
-        BottomStatesPredictor,
-        fn_constructor_kwargs=dict(model=student_path, frozen_layers=frozen_layers, max_seq_length=cfg.student.max_seq_length, batch_size=cfg.eval.batch_size, prompt=prompt, threads=plan.threads),
-        batch_size=512,
-        batch_format="pyarrow",
-        concurrency=plan.size,
-        num_cpus=plan.num_cpus,
-        num_gpus=plan.num_gpus,
-    )
+    fingerprint = model_fingerprint(student_path, role="student-bottom", frozen_layers=frozen_layers, max_seq_length=cfg.student.max_seq_length, prompt=prompt)
+    cache = EmbeddingCache(cache_dir / "student_states", fingerprint)
+    texts = list(dict.fromkeys(rows.column("text").to_pylist()))
+    todo = cache.missing(texts)
+    t0 = time.time()
+    if todo:
+        plan = inference_plan(ray.cluster_resources())
+        ds = ray.data.from_items([{"text": t} for t in todo], override_num_blocks=max(plan.size * 4, len(todo) // 1024 + 1))
+        states = ds.map_batches(
+            BottomStatesPredictor,
+            fn_constructor_kwargs=dict(model=student_path, frozen_layers=frozen_layers, max_seq_length=cfg.student.max_seq_length, batch_size=cfg.eval.batch_size, prompt=prompt, threads=plan.threads),
+            batch_size=512,
+            batch_format="pyarrow",
+            concurrency=plan.size,
+            num_cpus=plan.num_cpus,
+            num_gpus=plan.num_gpus,
+        )
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        states.write_parquet(str(tmp))
+        for f in sorted(tmp.glob("*.parquet")):
+            cache.add_shard_file(f)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    # Each row gets its sentence's states; files of 2,048 rows stream to the trainers.
+    cached = cache.read_table(texts, ["hidden", "length", "dim", "pooled"])
+    position = {k: i for i, k in enumerate(cached.column("key").to_pylist())}
+    take = pa.array([position[text_key(t)] for t in rows.column("text").to_pylist()])
+    joined = rows
+    for name in ("hidden", "length", "dim", "pooled"):
+        joined = joined.append_column(name, cached.column(name).take(take))
     shutil.rmtree(out_dir, ignore_errors=True)
-    states.write_parquet(str(out_dir))
-    return out_dir
+    out_dir.mkdir(parents=True)
+    for i, start in enumerate(range(0, joined.num_rows, 2048)):
+        pq.write_table(joined.slice(start, 2048), out_dir / f"part-{i:05d}.parquet")
+    stats = {"fingerprint": fingerprint, "distinct_texts": len(texts), "cache_hits": len(texts) - len(todo), "computed": len(todo), "seconds": round(time.time() - t0, 2)}
+    return out_dir, stats
 
 
 def num_layers(student_path: str) -> int:

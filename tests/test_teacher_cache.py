@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mdistill.teacher.cache import EmbeddingCache, teacher_fingerprint, text_key
+from mdistill.teacher.cache import EmbeddingCache, model_fingerprint, text_key
 
 
 def test_write_lookup_missing_roundtrip(tmp_path):
@@ -38,9 +38,19 @@ def test_other_teacher_never_reads_these_vectors(tmp_path):
 
 def test_fingerprint_covers_weights_and_settings(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"weights")
-    base = teacher_fingerprint(tmp_path, max_seq_length=128, pooling="mean")
-    assert base == teacher_fingerprint(tmp_path, max_seq_length=128, pooling="mean")
-    assert base != teacher_fingerprint(tmp_path, max_seq_length=256, pooling="mean")
-    assert base != teacher_fingerprint(tmp_path, max_seq_length=128, pooling="cls")
+    base = model_fingerprint(tmp_path, max_seq_length=128, pooling="mean")
+    assert base == model_fingerprint(tmp_path, max_seq_length=128, pooling="mean")
+    assert base != model_fingerprint(tmp_path, max_seq_length=256, pooling="mean")
+    assert base != model_fingerprint(tmp_path, max_seq_length=128, pooling="cls")
     (tmp_path / "model.safetensors").write_bytes(b"weights2")
-    assert base != teacher_fingerprint(tmp_path, max_seq_length=128, pooling="mean")
+    assert base != model_fingerprint(tmp_path, max_seq_length=128, pooling="mean")
+
+
+def test_read_table_returns_one_row_per_text(tmp_path):
+    c = EmbeddingCache(tmp_path, "fp")
+    c.write([text_key(t) for t in "ab"], np.eye(2, 4, dtype=np.float32))
+    c.write([text_key("a")], np.ones((1, 4), np.float32))  # the same key written twice
+    t = c.read_table(["a", "b", "a"], ["embedding"])
+    assert sorted(t.column("key").to_pylist()) == sorted([text_key("a"), text_key("b")])
+    with pytest.raises(KeyError, match="1 of 2"):
+        c.read_table(["a", "zz"], ["embedding"])

@@ -64,6 +64,7 @@ class StudentConfig(_Strict):
     max_seq_length: int = Field(64, ge=8)
     train_layers: int = Field(2, ge=1)  # top transformer layers trained; the rest is frozen and cached once
     projection: Literal["lstsq", "random", "none"] = "lstsq"  # Dense head; lstsq starts at the linear-map baseline
+    head_ridge: float = Field(1e-3, ge=0)  # L2 of the lstsq head init (relative); 0 = the baseline's pure least squares
     dropout: float = Field(0.0, ge=0, lt=1)  # in the trained layers
 
 

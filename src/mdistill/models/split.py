@@ -115,10 +115,24 @@ class TopStudent(nn.Module):
         return torch.nn.functional.normalize(e, dim=-1)
 
 
-def lstsq_dense(x: np.ndarray, y: np.ndarray) -> nn.Linear:
-    """The least-squares affine map x -> y as an ``nn.Linear`` (the linear-map baseline)."""
-    xb = np.hstack([x, np.ones((len(x), 1), dtype=x.dtype)]).astype(np.float64)
-    w = np.linalg.lstsq(xb, y.astype(np.float64), rcond=None)[0]
+def lstsq_dense(x: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> nn.Linear:
+    """The least-squares affine map x -> y as an ``nn.Linear`` (the linear-map baseline).
+
+    ``ridge`` > 0 adds an L2 penalty of ``ridge`` x the mean eigenvalue of the centred x'x. Pure
+    least squares on few rows is ill-conditioned (pooled vectors share a large common
+    component), and a head that amplifies tiny changes of its input cannot be trained under it.
+    """
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    if ridge > 0:
+        mx, my = x64.mean(0), y64.mean(0)
+        xc = x64 - mx
+        gram = xc.T @ xc
+        gram[np.diag_indices_from(gram)] += ridge * np.trace(gram) / len(gram)
+        wt = np.linalg.solve(gram, xc.T @ (y64 - my))
+        w = np.vstack([wt, my - mx @ wt])
+    else:
+        xb = np.hstack([x64, np.ones((len(x64), 1))])
+        w = np.linalg.lstsq(xb, y64, rcond=None)[0]
     lin = nn.Linear(x.shape[1], y.shape[1])
     with torch.no_grad():
         lin.weight.copy_(torch.from_numpy(w[:-1].T.astype(np.float32)))

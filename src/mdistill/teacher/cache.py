@@ -1,7 +1,7 @@
-"""Content-addressed Parquet cache of teacher outputs.
+"""Content-addressed Parquet cache of model outputs per text (teacher vectors, frozen student states).
 
-Layout: ``<root>/<teacher fingerprint>/<shard>.parquet`` with columns ``key`` (hash of the
-text) and ``embedding``. A shard is written under a temporary name and renamed when complete,
+Layout: ``<root>/<model fingerprint>/<shard>.parquet`` with a ``key`` column (hash of the text)
+and the outputs (``embedding`` for the teacher). A shard is written under a temporary name and renamed when complete,
 so a reader never sees a partial shard; files that are not complete shards are ignored, and a
 shard that fails to read is reported and its keys are recomputed. Another teacher's vectors are
 never read: they live under another fingerprint.
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,10 @@ def _hash_files(h, root: Path) -> None:
                     h.update(chunk)
 
 
-def teacher_fingerprint(model_dir: str | Path, **settings) -> str:
-    """Hash of everything that changes the teacher's outputs: every file of the model directory
+def model_fingerprint(model_dir: str | Path, **settings) -> str:
+    """Hash of everything that changes a model's outputs: every file of the model directory
     (weights, tokenizer, pooling/normalize modules) and the run settings (max length, dtype,
-    prompt, ...), plus the text normalisation version."""
+    prompt, layers, ...), plus the text normalisation version."""
     h = hashlib.blake2b(digest_size=16)
     _hash_files(h, Path(model_dir))
     h.update(json.dumps({**settings, "text_normalization": TEXT_NORMALIZATION}, sort_keys=True).encode())
@@ -103,6 +104,23 @@ class EmbeddingCache:
         dst = self.dir / tmp.name[1:].removesuffix(".tmp")
         os.replace(tmp, dst)
         return dst
+
+    def read_table(self, texts: Sequence[str], columns: list[str]) -> pa.Table:
+        """Rows for the distinct ``texts`` (``key`` + ``columns``), in no particular order."""
+        want = pa.array(sorted({text_key(t) for t in texts}), pa.string())
+        parts = []
+        for shard in self.shards():
+            t = self._read(shard, ["key", *columns])
+            if t is not None:
+                parts.append(t.filter(pc.is_in(t.column("key"), value_set=want)))
+        table = pa.concat_tables(parts) if parts else pa.table({"key": pa.array([], pa.string())})
+        if table.num_rows:
+            # one row per key, even if two runs raced to write the same key
+            _, first = np.unique(np.asarray(table.column("key").to_pylist(), dtype=object), return_index=True)
+            table = table.take(pa.array(np.sort(first)))
+        if table.num_rows != len(want):
+            raise KeyError(f"cache {self.fingerprint}: {len(want) - table.num_rows} of {len(want)} texts missing")
+        return table
 
     def lookup(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors for ``texts`` (float32, input order); KeyError names a text not in the cache."""

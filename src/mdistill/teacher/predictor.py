@@ -34,10 +34,9 @@ class TeacherPredictor:
 
 
 class BottomStatesPredictor:
-    """The frozen student's layer-k hidden states (float16 bytes) and its mean-pooled output.
-
-    Input columns pass through unchanged; ``hidden``, ``length``, ``dim`` and ``pooled`` are added.
-    """
+    """The frozen student's layer-k hidden states (float16 bytes) and its mean-pooled output,
+    keyed by text hash like the teacher cache: columns ``key``, ``hidden``, ``length``, ``dim``,
+    ``pooled``."""
 
     def __init__(self, model: str, frozen_layers: int, max_seq_length: int, batch_size: int, prompt: str, threads: int | None = None):
         _threads(threads)
@@ -48,11 +47,9 @@ class BottomStatesPredictor:
         from mdistill.models.split import bottom_states
 
         texts = batch.column("text").to_pylist()
-        states, emb = bottom_states(self.model, texts, self.frozen_layers, prompt=self.prompt, batch_size=self.batch_size)
-        emb_col = embeddings_table(["" for _ in texts], emb).column("embedding")
-        return (
-            batch.append_column("hidden", pa.array([s.tobytes() for s in states], pa.binary()))
-            .append_column("length", pa.array([s.shape[0] for s in states], pa.int32()))
-            .append_column("dim", pa.array([s.shape[1] for s in states], pa.int32()))
-            .append_column("pooled", emb_col)
+        states, pooled = bottom_states(self.model, texts, self.frozen_layers, prompt=self.prompt, batch_size=self.batch_size)
+        return embeddings_table([text_key(t) for t in texts], pooled).rename_columns(["key", "pooled"]).append_column(
+            "hidden", pa.array([s.tobytes() for s in states], pa.binary())
+        ).append_column("length", pa.array([s.shape[0] for s in states], pa.int32())).append_column(
+            "dim", pa.array([s.shape[1] for s in states], pa.int32())
         )

@@ -31,7 +31,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     top = TopStudent(st, cfg["train_layers"], dense=dense)
     top.set_dropout(cfg["dropout"])
     top.train()
-    model = ray.train.torch.prepare_model(top)
+    model = ray.train.torch.prepare_model(top)  # DDP; moves to this worker's GPU when use_gpu
+    device = ray.train.torch.get_device()
 
     head = list(top.dense.parameters()) if top.dense is not None else []
     groups = [{"params": list(top.layers.parameters()), "lr": cfg["lr"]}]
@@ -50,6 +51,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         losses, seen, te = [], 0, time.time()
         chunks = shard.iter_batches(batch_size=cfg["bucket_rows"], batch_format="pyarrow")
         for batch in bucketed_batches(chunks, cfg["batch_size"], rng):
+            batch = tuple(t.to(device, non_blocking=True) for t in batch)
             losses.append(train_step(model, loss_fn, optimizer, scheduler, batch, cfg["max_grad_norm"]))
             seen += len(batch[0])
             step += 1
@@ -61,6 +63,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         last = epoch == cfg["epochs"] - 1
         if last and rank == 0:
             with tempfile.TemporaryDirectory() as d:
+                top.cpu()
                 torch.save({"layers": top.layers.state_dict(), "dense": top.dense, "history": history}, os.path.join(d, "top_student.pt"))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from functools import partial
@@ -15,10 +16,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from mdistill.assets import debian_help_root
+from mdistill.assets import debian_help_root, source_identity
 from mdistill.config import CorpusConfig
 from mdistill.corpus.clean import assign_split, clean_table, normalize_lang
 from mdistill.corpus.sources import libreoffice_file_pairs, list_help_files
+
+CORPUS_FORMAT = 1  # bump when extraction or cleaning code changes what a corpus holds
 
 
 def _split_batch(batch: pa.Table, dev_fraction: float, train_fraction: float) -> pa.Table:
@@ -30,11 +33,32 @@ def _normalize_langs(batch: dict) -> dict:
     return {**batch, "lang": [normalize_lang(str(x)) for x in batch["lang"]]}
 
 
-def build_corpus(cfg: CorpusConfig, cache_dir: Path, out_dir: Path) -> dict:
-    """Write ``out_dir/pairs/*.parquet`` (columns en, lang, text, source, reason, split) and
-    return the manifest: rows in, kept, rejected by reason, per language."""
+def corpus_fingerprint(cfg: CorpusConfig, source: str) -> str:
+    """The corpus is a pure function of its inputs and the cleaning/split settings."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps({"config": cfg.model_dump(), "source": source, "version": CORPUS_FORMAT}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _file_identity(paths: list[str]) -> str:
+    files = sorted(p for x in paths for p in ([Path(x)] if Path(x).is_file() else Path(x).rglob("*.parquet")))
+    return json.dumps([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+
+
+def build_corpus(cfg: CorpusConfig, cache_dir: Path) -> tuple[Path, dict, bool]:
+    """``<cache>/corpora/<fingerprint>/pairs/*.parquet`` (columns en, lang, text, source, reason,
+    split) and its manifest: rows in, kept, rejected by reason, per language. Built once per
+    fingerprint; returns (folder, manifest, reused)."""
     if cfg.source == "debian-libreoffice":
         help_root = debian_help_root(cfg.langs, cache_dir)
+        source = source_identity(help_root)
+    else:
+        source = _file_identity(cfg.paths)
+    out_dir = cache_dir / "corpora" / corpus_fingerprint(cfg, source)
+    if (out_dir / "manifest.json").exists():
+        return out_dir, json.loads((out_dir / "manifest.json").read_text()), True
+
+    if cfg.source == "debian-libreoffice":
         files = list_help_files(help_root, cfg.max_files)
         ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=min(len(files), 64))
         ds = ds.flat_map(libreoffice_file_pairs, fn_kwargs={"help_root": str(help_root), "langs": cfg.langs})
@@ -47,13 +71,14 @@ def build_corpus(cfg: CorpusConfig, cache_dir: Path, out_dir: Path) -> dict:
         batch_format="pyarrow",
     )
     ds = ds.map_batches(partial(_split_batch, dev_fraction=cfg.dev_fraction, train_fraction=cfg.train_fraction), batch_format="pyarrow")
-    pairs = out_dir / "pairs"
-    shutil.rmtree(pairs, ignore_errors=True)  # write_parquet adds files to an existing folder
-    ds.write_parquet(str(pairs))
-
-    manifest = corpus_manifest(pairs)
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # write_parquet adds files to an existing folder
+    ds.write_parquet(str(tmp / "pairs"))
+    manifest = corpus_manifest(tmp / "pairs")
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)  # complete or absent: a killed build is never reused
+    return out_dir, manifest, False
 
 
 def corpus_manifest(pairs_dir: Path) -> dict:

@@ -15,22 +15,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.data.expressions import col
 import torch
+from ray.data.expressions import col
 
 from mdistill.assets import resolve_model
 from mdistill.config import RunConfig
 from mdistill.encode import default_prompt, load_sentence_transformer
 from mdistill.export import export_student
 from mdistill.models.split import TopStudent, lstsq_dense, pad_states
-from mdistill.ray_init import init_ray
-from mdistill.report import Timings, write_report
-from mdistill.teacher.cache import embedding_matrix, embeddings_table
-from mdistill.training.step import decode_states
 from mdistill.pipelines.corpus import build_corpus
 from mdistill.pipelines.evaluate import beats_baselines, evaluate_models
 from mdistill.pipelines.teacher import teacher_pass
 from mdistill.pipelines.train import frozen_states_pass, train_student
+from mdistill.ray_init import init_ray
+from mdistill.report import Timings, write_report
+from mdistill.teacher.cache import embedding_matrix, embeddings_table
+from mdistill.training.step import decode_states
 
 
 def select_pairs(cfg: RunConfig, pairs_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -81,8 +81,8 @@ def run(cfg: RunConfig) -> dict:
 
     # 1. Corpus: real parallel text, cleaned, split by hash of the English sentence.
     with timings.stage("corpus"):
-        manifest = build_corpus(cfg.corpus, cache_dir, out / "corpus")
-        train, dev = select_pairs(cfg, out / "corpus" / "pairs")
+        corpus_dir, manifest, corpus_reused = build_corpus(cfg.corpus, cache_dir)
+        train, dev = select_pairs(cfg, corpus_dir / "pairs")
     print(f"[mdistill] train pairs {len(train)} ({train.en.nunique()} English), dev pairs {len(dev)}", flush=True)
 
     # 2. Teacher: every distinct English source (and the dev translations, for the teacher-alone baseline).
@@ -148,6 +148,8 @@ def run(cfg: RunConfig) -> dict:
         "total_s": round(time.time() - t_start, 1),
         "timings_s": dict(timings),
         "corpus": manifest,
+        "corpus_dir": str(corpus_dir),
+        "corpus_reused": corpus_reused,
         "data": {
             "train_pairs": train.groupby("lang").size().to_dict(),
             "train_english": int(train.en.nunique()),

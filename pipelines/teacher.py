@@ -26,36 +26,48 @@ def local_model_dir(path_or_id: str) -> str:
     return snapshot_download(path_or_id)  # honours HF_HUB_OFFLINE (local HF cache only)
 
 
+def fill_cache(cache: EmbeddingCache, texts: Sequence[str], predictor: type, predictor_kwargs: dict, batch_size: int, work_dir: Path) -> int:
+    """Run ``predictor`` on a Ray Data actor pool over the texts the cache lacks; add the shards.
+
+    Returns how many texts were computed. Output files are renamed into the cache only after the
+    whole pass has been written, so an interrupted pass leaves no partial shard behind.
+    """
+    todo = cache.missing(texts)
+    if not todo:
+        return 0
+    plan = inference_plan(ray.cluster_resources())
+    ds = ray.data.from_items([{"text": t} for t in todo], override_num_blocks=max(plan.size * 4, len(todo) // 1024 + 1))
+    out = ds.map_batches(
+        predictor,
+        fn_constructor_kwargs={**predictor_kwargs, "threads": plan.threads},
+        batch_size=batch_size,  # texts are sorted by length inside the actor: bigger batches pad less
+        batch_format="pyarrow",
+        concurrency=plan.size,
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
+    )
+    tmp = work_dir / f"{cache.fingerprint}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    out.write_parquet(str(tmp))
+    for f in sorted(tmp.glob("*.parquet")):
+        cache.add_shard_file(f)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return len(todo)
+
+
 def teacher_pass(cfg: TeacherConfig, texts: Sequence[str], cache_dir: Path, work_dir: Path) -> tuple[EmbeddingCache, dict]:
     model = local_model_dir(resolve_model(cfg.model, cache_dir))
     fingerprint = model_fingerprint(model, max_seq_length=cfg.max_seq_length, dtype=cfg.dtype, prompt=cfg.prompt, pooling="model")
     cache = EmbeddingCache(cache_dir / "teacher", fingerprint)
     unique = list(dict.fromkeys(texts))
-    todo = cache.missing(unique)
     t0 = time.time()
-    if todo:
-        plan = inference_plan(ray.cluster_resources())
-        ds = ray.data.from_items([{"text": t} for t in todo], override_num_blocks=max(plan.size * 4, len(todo) // 2048 + 1))
-        embedded = ds.map_batches(
-            TeacherPredictor,
-            fn_constructor_kwargs=dict(model=model, max_seq_length=cfg.max_seq_length, batch_size=cfg.batch_size, prompt=cfg.prompt, dtype=cfg.dtype, threads=plan.threads),
-            batch_size=cfg.batch_size * 8,  # sorted by length inside the actor: bigger batches pad less
-            batch_format="pyarrow",
-            concurrency=plan.size,
-            num_cpus=plan.num_cpus,
-            num_gpus=plan.num_gpus,
-        )
-        tmp = work_dir / "teacher-shards.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        embedded.write_parquet(str(tmp))
-        for f in sorted(tmp.glob("*.parquet")):
-            cache.add_shard_file(f)
-        shutil.rmtree(tmp, ignore_errors=True)
+    kwargs = dict(model=model, max_seq_length=cfg.max_seq_length, batch_size=cfg.batch_size, prompt=cfg.prompt, dtype=cfg.dtype)
+    computed = fill_cache(cache, unique, TeacherPredictor, kwargs, cfg.batch_size * 8, work_dir)
     stats = {
         "fingerprint": fingerprint,
         "distinct_texts": len(unique),
-        "cache_hits": len(unique) - len(todo),
-        "computed": len(todo),
+        "cache_hits": len(unique) - computed,
+        "computed": computed,
         "seconds": round(time.time() - t0, 2),
         "corrupt_shards": [str(p) for p in cache.corrupt],
     }

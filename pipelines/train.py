@@ -22,7 +22,8 @@ from ray.data.expressions import col
 from ray.train.torch import TorchTrainer
 
 from mdistill.config import RunConfig
-from mdistill.resources import inference_plan, train_worker_resources
+from mdistill.pipelines.teacher import fill_cache
+from mdistill.resources import train_worker_resources
 from mdistill.teacher.cache import EmbeddingCache, model_fingerprint, text_key
 from mdistill.teacher.predictor import BottomStatesPredictor
 from mdistill.training.loop import train_loop_per_worker
@@ -38,26 +39,9 @@ def frozen_states_pass(cfg: RunConfig, student_path: str, rows: pa.Table, prompt
     fingerprint = model_fingerprint(student_path, role="student-bottom", frozen_layers=frozen_layers, max_seq_length=cfg.student.max_seq_length, prompt=prompt)
     cache = EmbeddingCache(cache_dir / "student_states", fingerprint)
     texts = list(dict.fromkeys(rows.column("text").to_pylist()))
-    todo = cache.missing(texts)
     t0 = time.time()
-    if todo:
-        plan = inference_plan(ray.cluster_resources())
-        ds = ray.data.from_items([{"text": t} for t in todo], override_num_blocks=max(plan.size * 4, len(todo) // 1024 + 1))
-        states = ds.map_batches(
-            BottomStatesPredictor,
-            fn_constructor_kwargs=dict(model=student_path, frozen_layers=frozen_layers, max_seq_length=cfg.student.max_seq_length, batch_size=cfg.eval.batch_size, prompt=prompt, threads=plan.threads),
-            batch_size=512,
-            batch_format="pyarrow",
-            concurrency=plan.size,
-            num_cpus=plan.num_cpus,
-            num_gpus=plan.num_gpus,
-        )
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        states.write_parquet(str(tmp))
-        for f in sorted(tmp.glob("*.parquet")):
-            cache.add_shard_file(f)
-        shutil.rmtree(tmp, ignore_errors=True)
+    kwargs = dict(model=student_path, frozen_layers=frozen_layers, max_seq_length=cfg.student.max_seq_length, batch_size=cfg.eval.batch_size, prompt=prompt)
+    computed = fill_cache(cache, texts, BottomStatesPredictor, kwargs, 512, out_dir.parent)
 
     # Each row gets its sentence's states; files of 2,048 rows stream to the trainers.
     cached = cache.read_table(texts, ["hidden", "length", "dim", "pooled"])
@@ -70,7 +54,7 @@ def frozen_states_pass(cfg: RunConfig, student_path: str, rows: pa.Table, prompt
     out_dir.mkdir(parents=True)
     for i, start in enumerate(range(0, joined.num_rows, 2048)):
         pq.write_table(joined.slice(start, 2048), out_dir / f"part-{i:05d}.parquet")
-    stats = {"fingerprint": fingerprint, "distinct_texts": len(texts), "cache_hits": len(texts) - len(todo), "computed": len(todo), "seconds": round(time.time() - t0, 2)}
+    stats = {"fingerprint": fingerprint, "distinct_texts": len(texts), "cache_hits": len(texts) - computed, "computed": computed, "seconds": round(time.time() - t0, 2)}
     return out_dir, stats
 
 

@@ -55,7 +55,7 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
     assert m["de"]["rejected"]["empty"] >= 1 and m["fr"]["rejected"]["identical"] >= 1
 
     # no English sentence in two splits
-    t = pq.read_table(tmp_path / "run" / "corpus" / "pairs").to_pandas()
+    t = pq.read_table(f"{report['corpus_dir']}/pairs").to_pandas()
     assert t.groupby("en")["split"].nunique().max() == 1
 
     # the table: four models per language, all metrics in range
@@ -77,7 +77,9 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
 
     # warm re-run: no teacher forward pass for cached sentences
     again = run(cfg)
+    assert again["corpus_reused"] and not report["corpus_reused"]
     assert again["teacher_cache"]["computed"] == 0
+    assert again["student_states_cache"]["computed"] == 0
     assert again["teacher_cache"]["cache_hits"] == report["teacher_cache"]["distinct_texts"]
     np.testing.assert_allclose(
         again["metrics"]["de"]["teacher"]["teacher_space_top1"], report["metrics"]["de"]["teacher"]["teacher_space_top1"]

@@ -54,7 +54,15 @@ def debian_help_root(langs: list[str], cache_dir: Path) -> Path:
             raise RuntimeError(f"apt-get download {' '.join(pkgs)} failed:\n{r.stderr.strip()}")
         for deb in sorted(Path(tmp).glob("*.deb")):
             subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+            with (root / "packages.txt").open("a") as f:  # versions: part of the corpus fingerprint
+                f.write(deb.name + "\n")
     still = [lang for lang in wanted if not (help_root / help_lang_dir(lang)).is_dir()]
     if still:
         raise RuntimeError(f"no LibreOffice help found for {still} after download")
     return help_root
+
+
+def source_identity(help_root: Path) -> str:
+    """What the extracted LibreOffice help came from (package file names carry versions)."""
+    marker = help_root.parents[3] / "packages.txt"
+    return marker.read_text() if marker.exists() else str(sorted(p.name for p in help_root.iterdir()))

@@ -102,9 +102,10 @@ def run(cfg: RunConfig) -> dict:
 
     # 4. Baselines from the frozen pass: the untrained student and the least-squares linear map.
     meta = pq.read_table(states_dir, columns=["text", "lang", "en", "split", "target", "pooled"])
-    is_train = pc.equal(meta.column("split"), "train")
-    tr = meta.filter(is_train)
+    tr = meta.filter(pc.equal(meta.column("split"), "train"))
     pooled, targets = embedding_matrix(tr.column("pooled")), embedding_matrix(tr.column("target"))
+    if cfg.student.projection == "none" and pooled.shape[1] != targets.shape[1]:
+        raise ValueError(f"student.projection=none needs equal dimensions, but the student has {pooled.shape[1]} and the teacher {targets.shape[1]}")
     linear_map = lstsq_dense(pooled, targets)
     # The trained student's Dense head starts at (a well-conditioned version of) the linear map.
     dense = {

@@ -28,7 +28,7 @@ def bucketed_batches(chunks: Iterable[pa.Table], batch_size: int, rng: random.Ra
     """
     for chunk in chunks:
         states = decode_states(chunk)
-        targets = torch.from_numpy(embedding_matrix(chunk.column("target")))
+        targets = torch.tensor(embedding_matrix(chunk.column("target")))  # a copy: Arrow memory is read-only
         order = sorted(range(len(states)), key=lambda i: (states[i].shape[0], rng.random()))
         batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         rng.shuffle(batches)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import uuid
 from functools import partial
 from pathlib import Path
 
@@ -71,13 +72,15 @@ def build_corpus(cfg: CorpusConfig, cache_dir: Path) -> tuple[Path, dict, bool]:
         batch_format="pyarrow",
     )
     ds = ds.map_batches(partial(_split_batch, dev_fraction=cfg.dev_fraction, train_fraction=cfg.train_fraction), batch_format="pyarrow")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # write_parquet adds files to an existing folder
+    # A private temporary folder per build: two runs building the same corpus must not share one.
+    tmp = out_dir.with_name(f"{out_dir.name}.{uuid.uuid4().hex}.tmp")
     ds.write_parquet(str(tmp / "pairs"))
     manifest = corpus_manifest(tmp / "pairs")
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)  # complete or absent: a killed build is never reused
+    try:
+        tmp.rename(out_dir)  # complete or absent: a killed build is never reused
+    except OSError:  # another build of the same fingerprint finished first; it holds the same rows
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir, manifest, False
 
 

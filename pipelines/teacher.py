@@ -4,6 +4,7 @@ content-addressed Parquet cache. Texts already in the cache cost nothing."""
 from __future__ import annotations
 
 import shutil
+import uuid
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,8 +47,7 @@ def fill_cache(cache: EmbeddingCache, texts: Sequence[str], predictor: type, pre
         num_cpus=plan.num_cpus,
         num_gpus=plan.num_gpus,
     )
-    tmp = work_dir / f"{cache.fingerprint}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = work_dir / f"{cache.fingerprint}.{uuid.uuid4().hex}.tmp"  # private to this pass
     out.write_parquet(str(tmp))
     for f in sorted(tmp.glob("*.parquet")):
         cache.add_shard_file(f)

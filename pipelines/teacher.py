@@ -4,8 +4,8 @@ content-addressed Parquet cache. Texts already in the cache cost nothing."""
 from __future__ import annotations
 
 import shutil
-import uuid
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 

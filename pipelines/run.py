@@ -116,7 +116,7 @@ def run(cfg: RunConfig) -> dict:
 
     # 5. Train the student's top on Ray Train (2 workers, gloo on CPU).
     with timings.stage("train"):
-        result = train_student(cfg, student_path, states_dir, dense, out)
+        result = train_student(cfg, student_path, states_dir, tr.num_rows, dense, out)
         with result.checkpoint.as_directory() as d:
             ckpt = torch.load(f"{d}/top_student.pt", weights_only=False)
         top = TopStudent(st, cfg.student.train_layers, dense=ckpt["dense"])

@@ -64,7 +64,7 @@ def num_layers(student_path: str) -> int:
     return AutoConfig.from_pretrained(student_path).num_hidden_layers
 
 
-def train_student(cfg: RunConfig, student_path: str, states_dir: Path, dense: torch.nn.Linear | None, run_dir: Path) -> ray.train.Result:
+def train_student(cfg: RunConfig, student_path: str, states_dir: Path, train_rows: int, dense: torch.nn.Linear | None, run_dir: Path) -> ray.train.Result:
     train_ds = ray.data.read_parquet(str(states_dir), columns=["split", "hidden", "length", "dim", "target"]).filter(expr=col("split") == "train").drop_columns(["split"])
     dense_path = None
     if dense is not None:
@@ -79,7 +79,7 @@ def train_student(cfg: RunConfig, student_path: str, states_dir: Path, dense: to
             dense_path=str(dense_path) if dense_path else None,
             train_layers=cfg.student.train_layers,
             dropout=cfg.student.dropout,
-            train_rows=train_ds.count(),
+            train_rows=train_rows,  # known to the caller; counting the dataset would read it all once more
             threads=threads,
             seed=cfg.seed,
             epochs=t.epochs,

@@ -1,82 +1,205 @@
-"""Corpus recipe: parallel text -> cleaned, split, Parquet (every row kept or rejected with a reason).
+"""Corpus recipe: parallel text in any supported format -> cleaned, deduplicated, split Parquet.
 
-    rows in  --flat_map-->  pairs  --map_batches(clean)-->  reason  --map_batches(split)-->  Parquet
+    sources --plan--> read units --map_batches(read)--> rows --map_batches(clean)--> staged by bucket
+    staged bucket --map_batches(finish: dedup)--> pairs/ quarantine/ english/ + manifest.json
+
+Streaming: a unit (a file, a byte range of a big file) is read as a generator of Arrow tables;
+no stage holds the corpus. Every row read is kept (``pairs/``) or rejected with its reason
+(``quarantine/``), and the manifest checks rows in = kept + rejected per language, source and file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import uuid
-from functools import partial
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
 from mdistill.assets import debian_help_root, source_identity
-from mdistill.config import CorpusConfig
-from mdistill.corpus.clean import assign_split, clean_table, normalize_lang
-from mdistill.corpus.sources import libreoffice_file_pairs, list_help_files
+from mdistill.config import CorpusConfig, SourceConfig
+from mdistill.corpus.clean import clean_table
+from mdistill.corpus.dedup import finish_bucket
+from mdistill.corpus.libreoffice import list_help_files
+from mdistill.corpus.manifest import build_manifest, summary_lines
+from mdistill.corpus.readers import plan_units, read_units_batch
 
-CORPUS_FORMAT = 1  # bump when extraction or cleaning code changes what a corpus holds
-
-
-def _split_batch(batch: pa.Table, dev_fraction: float, train_fraction: float) -> pa.Table:
-    split = [assign_split(en, dev_fraction, train_fraction) for en in batch.column("en").to_pylist()]
-    return batch.append_column("split", pa.array(split, pa.string()))
+CORPUS_FORMAT = 2  # bump when extraction or cleaning code changes what a corpus holds
 
 
-def _normalize_langs(batch: dict) -> dict:
-    return {**batch, "lang": [normalize_lang(str(x)) for x in batch["lang"]]}
+def debian_units(src: SourceConfig, langs: list[str], cache_dir: Path) -> tuple[list[dict], str]:
+    """Read units of the built-in corpus and what they came from (package versions)."""
+    from mdistill.corpus.debian import GETTEXT_PACKAGES, ddtp_lists, download_packages, gettext_catalogs
+
+    units: list[dict] = []
+    identity: list[str] = []
+    if "libreoffice" in src.parts:
+        help_root = debian_help_root(langs, cache_dir)
+        identity.append(source_identity(help_root))
+        for rel in list_help_files(help_root, src.max_files):
+            units.append(
+                {
+                    "format": "libreoffice",
+                    "path": rel,
+                    "help_root": str(help_root),
+                    "langs": langs,
+                    "source": "libreoffice",
+                    "origin": f"libreoffice-help/{rel}",
+                    "bytes": (help_root / "en-US" / rel).stat().st_size,
+                }
+            )
+    if "gettext" in src.parts:
+        root = cache_dir / "debian" / "gettext"
+        download_packages(src.packages or GETTEXT_PACKAGES, root)
+        identity.append((root / "packages.txt").read_text() if (root / "packages.txt").exists() else "")
+        for lang, label, path in gettext_catalogs(root, langs):
+            units.append(
+                {
+                    "format": "mo",
+                    "path": str(path),
+                    "lang": lang,
+                    "encoding": "utf-8",
+                    "source": f"gettext:{label}",
+                    "origin": str(path.relative_to(root)),
+                    "bytes": path.stat().st_size,
+                }
+            )
+    if "ddtp" in src.parts:
+        lists = ddtp_lists(langs, cache_dir / "debian" / "ddtp")
+        if lists is None:
+            print("[mdistill] DDTP package descriptions skipped (see the message above); the rest of the corpus is built", flush=True)
+        else:
+            en = [str(p) for p in _as_list(lists["en"])]
+            for lang in langs:
+                if lang not in lists:
+                    print(f"[mdistill] DDTP has no descriptions for {lang}", flush=True)
+                    continue
+                xx = [str(p) for p in _as_list(lists[lang])]
+                identity.append(json.dumps([(p, Path(p).stat().st_size) for p in en + xx]))
+                units.append(
+                    {
+                        "format": "ddtp",
+                        "path": "|".join(xx),
+                        "en_paths": en,
+                        "lang": lang,
+                        "source": "ddtp",
+                        "origin": f"ddtp/Translation-{lang}",
+                        "bytes": sum(Path(p).stat().st_size for p in xx),
+                    }
+                )
+    return units, "\n".join(identity)
 
 
-def corpus_fingerprint(cfg: CorpusConfig, source: str) -> str:
-    """The corpus is a pure function of its inputs and the cleaning/split settings."""
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def plan(cfg: CorpusConfig, cache_dir: Path) -> tuple[list[dict], str]:
+    """All read units of all sources, and an identity of the inputs (for the fingerprint)."""
+    units: list[dict] = []
+    identity: list[str] = []
+    for src in cfg.sources:
+        if src.format == "debian":
+            u, ident = debian_units(src, cfg.langs, cache_dir)
+            identity.append(ident)
+        else:
+            u = plan_units(src)
+            for x in u:
+                p = Path(x["path"])
+                x["bytes"] = x.get("end", 0) - x.get("start", 0) or (p.stat().st_size if p.is_file() else 0)
+            identity.append(
+                json.dumps(
+                    sorted(
+                        {
+                            (x["path"], Path(x["path"]).stat().st_size, Path(x["path"]).stat().st_mtime_ns)
+                            for x in u
+                            if Path(x["path"]).exists()
+                        }
+                    )
+                )
+            )
+        units += u
+    if not units:
+        raise RuntimeError("the corpus sources hold no input files")
+    return units, "\n".join(identity)
+
+
+def corpus_fingerprint(cfg: CorpusConfig, identity: str) -> str:
+    """The corpus is a pure function of its inputs and the reading/cleaning/split settings."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps({"config": cfg.model_dump(), "source": source, "version": CORPUS_FORMAT}, sort_keys=True).encode())
+    h.update(json.dumps({"config": cfg.model_dump(), "inputs": identity, "version": CORPUS_FORMAT}, sort_keys=True).encode())
     return h.hexdigest()
 
 
-def _file_identity(paths: list[str]) -> str:
-    files = sorted(p for x in paths for p in ([Path(x)] if Path(x).is_file() else Path(x).rglob("*.parquet")))
-    return json.dumps([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+def build_corpus(cfg: CorpusConfig, cache_dir: Path, out_dir: Path | None = None) -> tuple[Path, dict, bool]:
+    """``<out>/{pairs,quarantine,english}/*.parquet`` + ``manifest.json``; ``out`` defaults to
+    ``<cache>/corpora/<fingerprint>``. Built once per fingerprint; returns (folder, manifest, reused)."""
+    units, identity = plan(cfg, cache_dir)
+    fingerprint = corpus_fingerprint(cfg, identity)
+    out_dir = out_dir or cache_dir / "corpora" / fingerprint
+    manifest_file = out_dir / "manifest.json"
+    if manifest_file.exists():
+        manifest = json.loads(manifest_file.read_text())
+        if manifest.get("fingerprint") == fingerprint:
+            return out_dir, manifest, True
+        raise FileExistsError(
+            f"{out_dir} holds another corpus (fingerprint {manifest.get('fingerprint')}); choose another --out or remove it"
+        )
 
+    # Rows of one English sentence share a bucket; a bucket holds about bucket_bytes of input,
+    # which bounds the memory of the task that deduplicates it, whatever the corpus size.
+    buckets = max(1, math.ceil(sum(u["bytes"] for u in units) / cfg.bucket_bytes))
+    tmp = out_dir.with_name(f"{out_dir.name}.{uuid.uuid4().hex}.tmp")  # private: concurrent builds never share it
+    staged = tmp / "staged"
 
-def build_corpus(cfg: CorpusConfig, cache_dir: Path) -> tuple[Path, dict, bool]:
-    """``<cache>/corpora/<fingerprint>/pairs/*.parquet`` (columns en, lang, text, source, reason,
-    split) and its manifest: rows in, kept, rejected by reason, per language. Built once per
-    fingerprint; returns (folder, manifest, reused)."""
-    if cfg.source == "debian-libreoffice":
-        help_root = debian_help_root(cfg.langs, cache_dir)
-        source = source_identity(help_root)
-    else:
-        source = _file_identity(cfg.paths)
-    out_dir = cache_dir / "corpora" / corpus_fingerprint(cfg, source)
-    if (out_dir / "manifest.json").exists():
-        return out_dir, json.loads((out_dir / "manifest.json").read_text()), True
-
-    if cfg.source == "debian-libreoffice":
-        files = list_help_files(help_root, cfg.max_files)
-        ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=min(len(files), 64))
-        ds = ds.flat_map(libreoffice_file_pairs, fn_kwargs={"help_root": str(help_root), "langs": cfg.langs})
-    else:
-        ds = ray.data.read_parquet(cfg.paths, columns=["en", "lang", "text"]).map_batches(_normalize_langs)
-
+    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=min(len(units), 64))
+    ds = ds.map_batches(read_units_batch, batch_size=1)
     ds = ds.map_batches(
         clean_table,
-        fn_kwargs=dict(min_words=cfg.min_words, max_words=cfg.max_words, max_chars=cfg.max_chars, max_length_ratio=cfg.max_length_ratio),
         batch_format="pyarrow",
+        fn_kwargs=dict(
+            langs=cfg.langs,
+            min_words=cfg.min_words,
+            max_words=cfg.max_words,
+            max_chars=cfg.max_chars,
+            max_length_ratio=cfg.max_length_ratio,
+            dev_fraction=cfg.dev_fraction,
+            test_fraction=cfg.test_fraction,
+            train_fraction=cfg.train_fraction,
+            buckets=buckets,
+        ),
     )
-    ds = ds.map_batches(partial(_split_batch, dev_fraction=cfg.dev_fraction, train_fraction=cfg.train_fraction), batch_format="pyarrow")
-    # A private temporary folder per build: two runs building the same corpus must not share one.
-    tmp = out_dir.with_name(f"{out_dir.name}.{uuid.uuid4().hex}.tmp")
-    ds.write_parquet(str(tmp / "pairs"))
-    manifest = corpus_manifest(tmp / "pairs")
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    ds.write_parquet(str(staged), partition_cols=["bucket"])
+    staged_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in staged.rglob("*.parquet"))
+
+    parts = sorted(staged.glob("bucket=*"))
+    finished = ray.data.from_items(
+        [{"staged": str(p), "bucket": int(p.name.split("=")[1])} for p in parts], override_num_blocks=max(1, len(parts))
+    )
+    finished = finished.map_batches(_finish_batch, batch_size=1, fn_kwargs={"out": str(tmp), "dedup": cfg.dedup}, batch_format="pyarrow")
+    counts = finished.take_all()
+    shutil.rmtree(staged)
+    for sub in ("pairs", "quarantine", "english"):
+        (tmp / sub).mkdir(parents=True, exist_ok=True)
+
+    english = (
+        pq.read_table(tmp / "english", columns=["split"]).column("split").value_counts().to_pylist()
+        if any((tmp / "english").iterdir())
+        else []
+    )
+    manifest = build_manifest(counts, staged_rows=staged_rows, english={r["values"]: r["counts"] for r in english})
+    written = sum(pq.ParquetFile(f).metadata.num_rows for sub in ("pairs", "quarantine") for f in (tmp / sub).glob("*.parquet"))
+    if written != staged_rows:
+        raise AssertionError(f"corpus: {staged_rows} rows read but {written} written")
+    manifest = {"fingerprint": fingerprint, "buckets": buckets, "units": len(units), **manifest}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    for line in summary_lines(manifest):
+        print(f"[corpus] {line}", flush=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp.rename(out_dir)  # complete or absent: a killed build is never reused
     except OSError:  # another build of the same fingerprint finished first; it holds the same rows
@@ -84,21 +207,10 @@ def build_corpus(cfg: CorpusConfig, cache_dir: Path) -> tuple[Path, dict, bool]:
     return out_dir, manifest, False
 
 
-def corpus_manifest(pairs_dir: Path) -> dict:
-    """Counts per language: rows in, kept, rejected by reason, kept per split (reads two columns)."""
-    t = pq.read_table(pairs_dir, columns=["lang", "reason", "split"])
-    out: dict = {}
-    for lang in sorted(set(t.column("lang").to_pylist())):
-        s = t.filter(pc.equal(t.column("lang"), lang))
-        reasons = s.column("reason")
-        kept = s.filter(pc.is_null(reasons))
-        rej = s.filter(pc.is_valid(reasons)).column("reason").value_counts().to_pylist()
-        splits = kept.column("split").value_counts().to_pylist()
-        out[lang] = {
-            "rows_in": s.num_rows,
-            "kept": kept.num_rows,
-            "rejected": {r["values"]: r["counts"] for r in rej},
-            "kept_by_split": {r["values"]: r["counts"] for r in splits},
-        }
-        assert out[lang]["rows_in"] == out[lang]["kept"] + sum(out[lang]["rejected"].values())
-    return out
+def _finish_batch(batch, out: str, dedup: bool):
+    import pyarrow as pa
+
+    tables = [
+        finish_bucket(Path(s), Path(out), b, dedup) for s, b in zip(batch.column("staged").to_pylist(), batch.column("bucket").to_pylist())
+    ]
+    return pa.concat_tables(tables)

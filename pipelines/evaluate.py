@@ -27,5 +27,7 @@ def evaluate_models(dev: pd.DataFrame, embeddings: dict[str, dict[str, np.ndarra
     return table
 
 
-def beats_baselines(table: dict, model: str = "student", baselines=("teacher", "untrained", "linear_map"), metric: str = "teacher_space_top1") -> dict[str, bool]:
+def beats_baselines(
+    table: dict, model: str = "student", baselines=("teacher", "untrained", "linear_map"), metric: str = "teacher_space_top1"
+) -> dict[str, bool]:
     return {lang: all(row[model][metric] > row[b][metric] for b in baselines if b in row) for lang, row in table.items()}

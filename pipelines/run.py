@@ -35,8 +35,8 @@ from mdistill.training.step import decode_states
 
 def select_pairs(cfg: RunConfig, pairs_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Kept pairs of the train and dev splits, one translation per (English, language)."""
-    wanted = col("reason").is_null() & col("split").is_in(["train", "dev"]) & col("lang").is_in(cfg.corpus.langs)
-    pairs = ray.data.read_parquet(str(pairs_dir), columns=["en", "lang", "text", "split", "reason"]).filter(expr=wanted).drop_columns(["reason"]).to_pandas()
+    wanted = col("split").is_in(["train", "dev"]) & col("lang").is_in(cfg.corpus.langs)
+    pairs = ray.data.read_parquet(str(pairs_dir), columns=["en", "lang", "text", "split"]).filter(expr=wanted).to_pandas()
     pairs = pairs.sort_values(["split", "lang", "en", "text"]).drop_duplicates(["en", "lang"]).reset_index(drop=True)
     train, dev = pairs[pairs.split == "train"], pairs[pairs.split == "dev"]
     if cfg.eval.max_dev_per_lang:
@@ -97,7 +97,9 @@ def run(cfg: RunConfig) -> dict:
         student_path = resolve_model(cfg.student.model, cache_dir)
         st = load_sentence_transformer(student_path, device="cpu", max_seq_length=cfg.student.max_seq_length)
         prompt = default_prompt(st) if cfg.student.prompt is None else cfg.student.prompt
-        states_dir, states_stats = frozen_states_pass(cfg, student_path, student_rows(train, dev, teacher), prompt, cache_dir, out / "student_states")
+        states_dir, states_stats = frozen_states_pass(
+            cfg, student_path, student_rows(train, dev, teacher), prompt, cache_dir, out / "student_states"
+        )
     print(f"[mdistill] student states cache: {states_stats['cache_hits']} hits, {states_stats['computed']} computed", flush=True)
 
     # 4. Baselines from the frozen pass: the untrained student and the least-squares linear map.
@@ -105,7 +107,9 @@ def run(cfg: RunConfig) -> dict:
     tr = meta.filter(pc.equal(meta.column("split"), "train"))
     pooled, targets = embedding_matrix(tr.column("pooled")), embedding_matrix(tr.column("target"))
     if cfg.student.projection == "none" and pooled.shape[1] != targets.shape[1]:
-        raise ValueError(f"student.projection=none needs equal dimensions, but the student has {pooled.shape[1]} and the teacher {targets.shape[1]}")
+        raise ValueError(
+            f"student.projection=none needs equal dimensions, but the student has {pooled.shape[1]} and the teacher {targets.shape[1]}"
+        )
     linear_map = lstsq_dense(pooled, targets)
     # The trained student's Dense head starts at (a well-conditioned version of) the linear map.
     dense = {
@@ -138,7 +142,13 @@ def run(cfg: RunConfig) -> dict:
 
     # 7. Export a sentence-transformers directory and check it against our own forward.
     with timings.stage("export"):
-        model_dir = export_student(st, top.dense, out / "model", prompt=prompt, extra={"teacher": cfg.teacher.model, "teacher_fingerprint": cache_stats["fingerprint"], "langs": cfg.corpus.langs})
+        model_dir = export_student(
+            st,
+            top.dense,
+            out / "model",
+            prompt=prompt,
+            extra={"teacher": cfg.teacher.model, "teacher_fingerprint": cache_stats["fingerprint"], "langs": cfg.corpus.langs},
+        )
         check = dev_texts[:100]
         st_out = load_sentence_transformer(str(model_dir), device="cpu").encode(check, batch_size=64, convert_to_numpy=True)
         max_diff = float(np.abs(st_out - trained[: len(check)]).max())
@@ -148,7 +158,7 @@ def run(cfg: RunConfig) -> dict:
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "total_s": round(time.time() - t_start, 1),
         "timings_s": dict(timings),
-        "corpus": manifest,
+        "corpus": {k: v for k, v in manifest.items() if k != "files"},  # per file: <corpus_dir>/manifest.json
         "corpus_dir": str(corpus_dir),
         "corpus_reused": corpus_reused,
         "data": {
@@ -167,4 +177,3 @@ def run(cfg: RunConfig) -> dict:
     write_report(out, report)
     print((out / "report.md").read_text(), flush=True)
     return report
-

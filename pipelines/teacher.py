@@ -27,7 +27,9 @@ def local_model_dir(path_or_id: str) -> str:
     return snapshot_download(path_or_id)  # honours HF_HUB_OFFLINE (local HF cache only)
 
 
-def fill_cache(cache: EmbeddingCache, texts: Sequence[str], predictor: type, predictor_kwargs: dict, batch_size: int, work_dir: Path) -> int:
+def fill_cache(
+    cache: EmbeddingCache, texts: Sequence[str], predictor: type, predictor_kwargs: dict, batch_size: int, work_dir: Path
+) -> int:
     """Run ``predictor`` on a Ray Data actor pool over the texts the cache lacks; add the shards.
 
     Returns how many texts were computed. Output files are renamed into the cache only after the

@@ -36,11 +36,19 @@ def frozen_states_pass(cfg: RunConfig, student_path: str, rows: pa.Table, prompt
     re-run computes only sentences it has not seen.
     """
     frozen_layers = num_layers(student_path) - cfg.student.train_layers
-    fingerprint = model_fingerprint(student_path, role="student-bottom", frozen_layers=frozen_layers, max_seq_length=cfg.student.max_seq_length, prompt=prompt)
+    fingerprint = model_fingerprint(
+        student_path, role="student-bottom", frozen_layers=frozen_layers, max_seq_length=cfg.student.max_seq_length, prompt=prompt
+    )
     cache = EmbeddingCache(cache_dir / "student_states", fingerprint)
     texts = list(dict.fromkeys(rows.column("text").to_pylist()))
     t0 = time.time()
-    kwargs = dict(model=student_path, frozen_layers=frozen_layers, max_seq_length=cfg.student.max_seq_length, batch_size=cfg.eval.batch_size, prompt=prompt)
+    kwargs = dict(
+        model=student_path,
+        frozen_layers=frozen_layers,
+        max_seq_length=cfg.student.max_seq_length,
+        batch_size=cfg.eval.batch_size,
+        prompt=prompt,
+    )
     computed = fill_cache(cache, texts, BottomStatesPredictor, kwargs, 512, out_dir.parent)
 
     # Each row gets its sentence's states; files of 2,048 rows stream to the trainers.
@@ -54,7 +62,13 @@ def frozen_states_pass(cfg: RunConfig, student_path: str, rows: pa.Table, prompt
     out_dir.mkdir(parents=True)
     for i, start in enumerate(range(0, joined.num_rows, 2048)):
         pq.write_table(joined.slice(start, 2048), out_dir / f"part-{i:05d}.parquet")
-    stats = {"fingerprint": fingerprint, "distinct_texts": len(texts), "cache_hits": len(texts) - computed, "computed": computed, "seconds": round(time.time() - t0, 2)}
+    stats = {
+        "fingerprint": fingerprint,
+        "distinct_texts": len(texts),
+        "cache_hits": len(texts) - computed,
+        "computed": computed,
+        "seconds": round(time.time() - t0, 2),
+    }
     return out_dir, stats
 
 
@@ -64,8 +78,14 @@ def num_layers(student_path: str) -> int:
     return AutoConfig.from_pretrained(student_path).num_hidden_layers
 
 
-def train_student(cfg: RunConfig, student_path: str, states_dir: Path, train_rows: int, dense: torch.nn.Linear | None, run_dir: Path) -> ray.train.Result:
-    train_ds = ray.data.read_parquet(str(states_dir), columns=["split", "hidden", "length", "dim", "target"]).filter(expr=col("split") == "train").drop_columns(["split"])
+def train_student(
+    cfg: RunConfig, student_path: str, states_dir: Path, train_rows: int, dense: torch.nn.Linear | None, run_dir: Path
+) -> ray.train.Result:
+    train_ds = (
+        ray.data.read_parquet(str(states_dir), columns=["split", "hidden", "length", "dim", "target"])
+        .filter(expr=col("split") == "train")
+        .drop_columns(["split"])
+    )
     dense_path = None
     if dense is not None:
         dense_path = run_dir / "dense_init.pt"

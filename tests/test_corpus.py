@@ -3,13 +3,37 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from mdistill.corpus.clean import assign_split, clean_table, normalize_lang, normalize_text, reject_reason
-from mdistill.corpus.libreoffice import iter_pairs, paragraphs
+from mdistill.corpus.clean import assign_split, clean_table, normalize_text, reasons
+from mdistill.corpus.langs import normalize_lang
+from mdistill.corpus.libreoffice import file_pairs, paragraphs
+from mdistill.corpus.schema import RAW_SCHEMA, Row, RowBatcher
 
-F = dict(min_words=3, max_words=64, max_chars=1000, max_length_ratio=3.0)
+F = dict(langs=["de", "zh_CN"], min_words=3, max_words=64, max_chars=1000, max_length_ratio=3.0)
+SPLIT = dict(dev_fraction=0.1, test_fraction=0.1, train_fraction=1.0)
 
 
-@pytest.mark.parametrize("code,want", [("de", "de"), ("de_DE", "de"), ("de-DE", "de"), ("DE", "de"), ("zh_CN", "zh_CN"), ("zh-Hans", "zh_CN"), ("zh-cn", "zh_CN"), ("pt-BR", "pt_BR")])
+def reject_reason(en, text, lang="de", prior=None, **f):
+    return reasons(
+        pa.array([en], pa.string()), pa.array([text], pa.string()), pa.array([lang], pa.string()), pa.array([prior], pa.string()), **f
+    )[0].as_py()
+
+
+@pytest.mark.parametrize(
+    "code,want",
+    [
+        ("de", "de"),
+        ("de_DE", "de"),
+        ("de-DE", "de"),
+        ("DE", "de"),
+        ("zh_CN", "zh_CN"),
+        ("zh-Hans", "zh_CN"),
+        ("zh-cn", "zh_CN"),
+        ("pt-BR", "pt_BR"),
+        ("zh", "zh_CN"),
+        ("de_DE.UTF-8", "de"),
+        ("sr@latin", "sr"),
+    ],
+)
 def test_normalize_lang(code, want):
     assert normalize_lang(code) == want
 
@@ -21,6 +45,7 @@ def test_normalize_lang_rejects_garbage():
 
 def test_normalize_text():
     assert normalize_text("  Cafe\u0301\x00 \t bar\u200b ") == "Café bar"
+    assert normalize_text("a\u3000b\xa0c\r\nd\x7f") == "a b c d"  # Unicode spaces, CRLF, DEL
 
 
 @pytest.mark.parametrize(
@@ -33,6 +58,10 @@ def test_normalize_text():
         ("Open the file now please", "Ö", "length_ratio"),
         ("a " * 70, "b " * 70, "too_long"),
         ("Open the file now", "Öffne jetzt die Datei", None),
+        ("%s", "%s", "format_only"),
+        ("{0}: %(name)s <b>", "{0}: %(name)s <b>", "format_only"),
+        ("Delete %d files from the disk", "%d Dateien von der Platte löschen", None),
+        ("x " * 600, "y " * 600, "too_many_chars"),
     ],
 )
 def test_reject_reason(en, text, reason):
@@ -40,23 +69,36 @@ def test_reject_reason(en, text, reason):
 
 
 def test_length_ratio_counts_bytes_so_cjk_is_not_rejected():
-    assert reject_reason("Opens the Font dialog for the selection.", "打开所选内容的字体对话框。", **F) is None
+    assert reject_reason("Opens the Font dialog for the selection.", "打开所选内容的字体对话框。", "zh_CN", **F) is None
 
 
-def test_clean_table_keeps_every_row_and_types_reason_as_string():
-    t = pa.table({"en": ["Open the file now", "Open the file now"], "text": ["Öffne jetzt die Datei", "Öffne jetzt die Datei"], "lang": ["de", "de"]})
-    out = clean_table(t, **F)
-    assert out.num_rows == t.num_rows
-    assert out.schema.field("reason").type == pa.string()
-    assert out.column("reason").null_count == 2
+def test_unselected_language_and_prior_reason_win():
+    assert reject_reason("Open the file now", "Ouvrir le fichier", "fr", **F) == "lang_not_selected"
+    assert reject_reason("", "", "de", "invalid_utf8", **F) == "invalid_utf8"
+
+
+def test_clean_table_keeps_every_row_and_splits_kept_ones():
+    rows = [
+        Row("Open  the file now", "Öffne jetzt die Datei", "de", 1),
+        Row(None, None, "de", 2, "invalid_utf8", "\\xff"),
+        Row("Open it", "Öffne", "de", 3),
+    ]
+    t = RowBatcher("tsv", "f.tsv").table(rows)
+    assert t.schema == RAW_SCHEMA
+    out = clean_table(t, **F, **SPLIT, buckets=4)
+    assert out.num_rows == 3
+    assert out.column("reason").to_pylist() == [None, "invalid_utf8", "too_short"]
+    assert out.column("en").to_pylist()[0] == "Open the file now"
+    assert out.column("split").to_pylist()[0] in {"dev", "test", "train"} and out.column("split").to_pylist()[1:] == [None, None]
+    assert all(0 <= b < 4 for b in out.column("bucket").to_pylist())
 
 
 def test_split_depends_on_english_only_and_is_stable():
     ens = [f"Sentence number {i} about spreadsheets." for i in range(2000)]
-    splits = [assign_split(e, 0.1, 0.5) for e in ens]
-    assert splits == [assign_split(e, 0.1, 0.5) for e in ens]
-    assert 0.05 < splits.count("dev") / len(ens) < 0.15
-    assert {"dev", "train", "unused"} == set(splits)
+    splits = [assign_split(e, 0.1, 0.1, 0.5) for e in ens]
+    assert splits == [assign_split(e, 0.1, 0.1, 0.5) for e in ens]
+    assert 0.05 < splits.count("dev") / len(ens) < 0.15 and 0.05 < splits.count("test") / len(ens) < 0.15
+    assert {"dev", "test", "train", "unused"} == set(splits)
 
 
 def _write_help(root: Path, lang: str, body: str) -> None:
@@ -66,15 +108,18 @@ def _write_help(root: Path, lang: str, body: str) -> None:
 
 
 def test_libreoffice_pairs_align_by_paragraph_id(tmp_path):
-    _write_help(tmp_path, "en-US", '<h1 id="hd_id1">Title <b>bold</b></h1><p id="par_id2">First &amp; <a href="x">link</a> text.</p><p id="par_id3">Only English.</p><br>')
+    _write_help(
+        tmp_path,
+        "en-US",
+        '<h1 id="hd_id1">Title <b>bold</b></h1><p id="par_id2">First &amp; <a href="x">link</a> text.</p><p id="par_id3">Only English.</p><br>',
+    )
     _write_help(tmp_path, "de", '<h1 id="hd_id1">Titel <b>fett</b></h1><p id="par_id2">Erster &amp; <a href="x">Link</a> Text.</p>')
     assert paragraphs(tmp_path / "en-US/text/swriter/a.html")["par_id2"] == "First & link text."
-    rows = list(iter_pairs(tmp_path, "de"))
-    assert [(r["en"], r["text"]) for r in rows] == [("Title bold", "Titel fett"), ("First & link text.", "Erster & Link Text.")]
-    assert rows[0]["source"] == "libreoffice:text/swriter/a.html#hd_id1"
+    rows = list(file_pairs(tmp_path, "text/swriter/a.html", ["de"]))
+    assert [(r.en, r.text, r.position) for r in rows] == [("Title bold", "Titel fett", 1), ("First & link text.", "Erster & Link Text.", 2)]
 
 
 def test_libreoffice_missing_language_is_a_clear_error(tmp_path):
     _write_help(tmp_path, "en-US", '<p id="par_id2">x</p>')
     with pytest.raises(FileNotFoundError, match="'fr'"):
-        list(iter_pairs(tmp_path, "fr"))
+        list(file_pairs(tmp_path, "text/swriter/a.html", ["fr"]))

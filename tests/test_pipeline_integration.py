@@ -27,11 +27,13 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
     from mdistill.pipelines.run import run
 
     corpus = tmp_path / "corpus.parquet"
-    bad = [{"en": "", "lang": "de", "text": "leer", "source": "x"}, {"en": "Same text here", "lang": "fr", "text": "Same text here", "source": "x"}]
+    bad = [
+        {"en": "", "lang": "de", "text": "leer", "source": "x"},
+        {"en": "Same text here", "lang": "fr", "text": "Same text here", "source": "x"},
+    ]
     pq.write_table(pa.Table.from_pylist(pairs.to_dict("records") + bad), corpus)
     overrides = [
-        "corpus.source=parquet",
-        f"corpus.paths=[{corpus}]",
+        f"corpus.sources=[{{format: parquet, paths: [{corpus}]}}]",
         "corpus.langs=[de, fr]",
         "corpus.dev_fraction=0.25",
         "corpus.train_fraction=1.0",
@@ -48,7 +50,7 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
     report = run(cfg)
 
     # every input row is kept or rejected with its reason
-    m = report["corpus"]
+    m = report["corpus"]["languages"]
     assert m["de"]["rows_in"] + m["fr"]["rows_in"] == len(pairs) + 2
     for lang in ("de", "fr"):
         assert m[lang]["rows_in"] == m[lang]["kept"] + sum(m[lang]["rejected"].values())
@@ -56,6 +58,7 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
 
     # no English sentence in two splits
     t = pq.read_table(f"{report['corpus_dir']}/pairs").to_pandas()
+    assert pq.read_table(f"{report['corpus_dir']}/quarantine").num_rows == sum(sum(v["rejected"].values()) for v in m.values())
     assert t.groupby("en")["split"].nunique().max() == 1
 
     # the table: four models per language, all metrics in range

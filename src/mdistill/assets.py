@@ -45,7 +45,9 @@ def debian_help_root(langs: list[str], cache_dir: Path) -> Path:
     if not missing:
         return help_root
     if shutil.which("apt-get") is None:
-        raise RuntimeError("building the LibreOffice corpus needs apt-get (Debian/Ubuntu); use corpus.source=parquet instead")
+        raise RuntimeError(
+            "building the LibreOffice corpus needs apt-get (Debian/Ubuntu); point corpus.sources at your own files (tsv, csv, jsonl, parquet, hf, tmx, po, mo) instead"
+        )
     pkgs = ["libreoffice-help-" + help_lang_dir(lang).lower() for lang in missing]
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

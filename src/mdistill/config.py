@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -28,26 +28,75 @@ class RayConfig(_Strict):
     dashboard_host: str = "127.0.0.1"  # the local dashboard/Jobs API never listens beyond loopback
 
 
+SourceFormat = Literal["debian", "tsv", "csv", "jsonl", "parquet", "hf", "tmx", "po", "mo"]
+DebianPart = Literal["libreoffice", "gettext", "ddtp"]
+
+
+class SourceConfig(_Strict):
+    """One input corpus. ``format: debian`` is the built-in open corpus (no ``paths``)."""
+
+    format: SourceFormat
+    name: str | None = None  # label in the ``source`` column; default: the format (debian: the part)
+    paths: list[str] = []  # files, folders (every file of the format inside) or globs
+    lang: str | None = None  # the target language when the file does not name it per row
+    en_lang: str = "en"  # TMX: the source language of the units
+    columns: dict[Literal["en", "text", "lang"], str | int] = {}  # names/keys (dotted: nested) or 0-based indices
+    header: bool | None = None  # tsv/csv: first line names the columns (default: csv yes, tsv no)
+    delimiter: str | None = None  # default: tab for tsv, comma for csv
+    encoding: str = "utf-8"
+    split: str | None = None  # hf: the split of a DatasetDict
+    parts: list[DebianPart] = ["libreoffice", "gettext", "ddtp"]  # debian only
+    packages: list[str] | None = None  # debian gettext packages (None: mdistill's default list)
+    max_files: int | None = Field(None, ge=1)  # debian libreoffice: help files to read (None = all)
+
+    @field_validator("lang")
+    @classmethod
+    def _lang(cls, v: str | None) -> str | None:
+        from mdistill.corpus.langs import normalize_lang
+
+        return None if v is None else normalize_lang(v)
+
+    @model_validator(mode="after")
+    def _fits_format(self) -> SourceConfig:
+        if self.format == "debian":
+            if self.paths:
+                raise ValueError("format debian takes no paths (it downloads Debian packages)")
+        elif not self.paths:
+            raise ValueError(f"format {self.format} needs paths")
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise ValueError("delimiter must be one character")
+        return self
+
+
 class CorpusConfig(_Strict):
-    source: Literal["debian-libreoffice", "parquet"] = "debian-libreoffice"
-    langs: list[str] = ["de", "fr", "es", "zh_CN"]
-    paths: list[str] = []  # for source=parquet: files/dirs with columns en, lang, text[, source]
-    max_files: int | None = Field(None, ge=1)  # LibreOffice help files to read (None = all)
+    sources: list[SourceConfig] = [SourceConfig(format="debian", parts=["libreoffice"])]
+    langs: list[str] = ["de", "fr", "es", "zh_CN"]  # pairs in other languages are quarantined (lang_not_selected)
     min_words: int = Field(3, ge=1)  # English side, words
     max_words: int = Field(64, ge=1)
     max_chars: int = Field(1000, ge=1)  # per side
-    max_length_ratio: float = Field(3.0, ge=1.0)  # chars, longer/shorter side
-    dev_fraction: float = Field(0.015, gt=0, lt=1)  # of English sentences, by hash
-    train_fraction: float = Field(0.08, gt=0, le=1)  # of the remaining English sentences, by hash
+    max_length_ratio: float = Field(3.0, ge=1.0)  # UTF-8 bytes, longer/shorter side
+    dedup: bool = True  # exact (en, lang, text) duplicates: first kept, the rest quarantined
+    dev_fraction: float = Field(0.015, ge=0, lt=1)  # of English sentences, by hash
+    test_fraction: float = Field(0.015, ge=0, lt=1)  # of English sentences, by hash
+    train_fraction: float = Field(1.0, gt=0, le=1)  # of the remaining English sentences, by hash (rest: unused)
+    bucket_bytes: int = Field(32 << 20, ge=1 << 16)  # input bytes per dedup bucket: bounds a task's memory
 
     @field_validator("langs")
     @classmethod
     def _langs(cls, v: list[str]) -> list[str]:
-        from mdistill.corpus.clean import normalize_lang
+        from mdistill.corpus.langs import normalize_lang
 
         if not v:
             raise ValueError("at least one language")
         return [normalize_lang(x) for x in v]
+
+    @model_validator(mode="after")
+    def _fractions(self) -> CorpusConfig:
+        if self.dev_fraction + self.test_fraction >= 1:
+            raise ValueError("dev_fraction + test_fraction must leave room for train")
+        if not self.sources:
+            raise ValueError("at least one source")
+        return self
 
 
 class TeacherConfig(_Strict):

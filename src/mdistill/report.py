@@ -31,7 +31,9 @@ def metrics_markdown(table: dict) -> str:
         for m in MODELS:
             if m in row:
                 r = row[m]
-                lines.append(f"| {lang} | {row['n']} | {m} | {r['teacher_space_top1']:.3f} | {r['translation_top1_xx2en']:.3f} | {r['translation_top1_en2xx']:.3f} | {r['mse100']:.3f} |")
+                lines.append(
+                    f"| {lang} | {row['n']} | {m} | {r['teacher_space_top1']:.3f} | {r['translation_top1_xx2en']:.3f} | {r['translation_top1_en2xx']:.3f} | {r['mse100']:.3f} |"
+                )
     return "\n".join(lines)
 
 
@@ -57,8 +59,10 @@ def write_report(out_dir: Path, report: dict) -> None:
         "| lang | rows in | kept | rejected | train pairs | dev pairs |",
         "|---|---|---|---|---|---|",
     ]
-    for lang, m in report["corpus"].items():
-        md.append(f"| {lang} | {m['rows_in']} | {m['kept']} | {sum(m['rejected'].values())} | {report['data']['train_pairs'].get(lang, 0)} | {report['data']['dev_pairs'].get(lang, 0)} |")
+    for lang, m in report["corpus"]["languages"].items():
+        md.append(
+            f"| {lang} | {m['rows_in']} | {m['kept']} | {sum(m['rejected'].values())} | {report['data']['train_pairs'].get(lang, 0)} | {report['data']['dev_pairs'].get(lang, 0)} |"
+        )
     c = report["teacher_cache"]
     md += [
         "",

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
+from mdistill.corpus.schema import Row
+
 _ID = re.compile(r"^(par|hd)_id\d+$")
 _VOID = {"br", "img", "input", "meta", "link", "hr", "wbr", "source", "col", "area", "base", "embed", "param", "track"}
 
@@ -61,17 +63,25 @@ def help_lang_dir(lang: str) -> str:
     return {"en": "en-US"}.get(lang, lang.replace("_", "-"))
 
 
-def iter_pairs(help_root: Path, lang: str, files: list[str] | None = None) -> Iterator[dict]:
-    """Yield ``{en, text, lang, source}`` for every paragraph id present in both languages."""
-    en_root, xx_root = help_root / "en-US", help_root / help_lang_dir(lang)
-    if not xx_root.is_dir():
-        raise FileNotFoundError(f"no LibreOffice help for {lang!r} under {help_root}")
-    rels = files if files is not None else sorted(str(p.relative_to(en_root)) for p in en_root.rglob("*.html"))
-    for rel in rels:
+def file_pairs(help_root: Path, rel: str, langs: list[str]) -> Iterator[Row]:
+    """Pairs of one help file in every language; ``position`` = the English paragraph's ordinal."""
+    en_root = help_root / "en-US"
+    en_par = None
+    for lang in langs:
+        xx_root = help_root / help_lang_dir(lang)
+        if not xx_root.is_dir():
+            raise FileNotFoundError(f"no LibreOffice help for {lang!r} under {help_root}")
         xx_file = xx_root / rel
         if not xx_file.exists():
             continue
-        en_par, xx_par = paragraphs(en_root / rel), paragraphs(xx_file)
-        for pid, en in en_par.items():
+        en_par = paragraphs(en_root / rel) if en_par is None else en_par
+        xx_par = paragraphs(xx_file)
+        for i, (pid, en) in enumerate(en_par.items(), 1):
             if pid in xx_par:
-                yield {"en": en, "text": xx_par[pid], "lang": lang, "source": f"libreoffice:{rel}#{pid}"}
+                yield Row(en, xx_par[pid], lang, i)
+
+
+def list_help_files(help_root: Path, max_files: int | None = None) -> list[str]:
+    en = help_root / "en-US"
+    files = sorted(str(p.relative_to(en)) for p in en.rglob("*.html"))
+    return files[:max_files] if max_files else files

@@ -22,7 +22,9 @@ def write_sentence_transformer(out_dir: str | Path, hf_model, tokenizer, *, max_
         tr = models.Transformer(hf_dir, max_seq_length=max_seq_length)
         pool = models.Pooling(tr.get_word_embedding_dimension(), pooling_mode="mean")
         prompts = {"query": prompt} if prompt else None
-        st = SentenceTransformer(modules=[tr, pool, models.Normalize()], prompts=prompts, default_prompt_name="query" if prompt else None, device="cpu")
+        st = SentenceTransformer(
+            modules=[tr, pool, models.Normalize()], prompts=prompts, default_prompt_name="query" if prompt else None, device="cpu"
+        )
         if out.exists():
             shutil.rmtree(out)
         st.save(str(out))

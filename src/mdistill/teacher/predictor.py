@@ -22,7 +22,9 @@ def _threads(n: int | None) -> None:
 class TeacherPredictor:
     """Teacher sentence embeddings keyed by text hash (the cache's shard format)."""
 
-    def __init__(self, model: str, max_seq_length: int, batch_size: int, prompt: str = "", dtype: str = "float32", threads: int | None = None):
+    def __init__(
+        self, model: str, max_seq_length: int, batch_size: int, prompt: str = "", dtype: str = "float32", threads: int | None = None
+    ):
         _threads(threads)
         self.model = load_sentence_transformer(model, max_seq_length=max_seq_length)
         self.batch_size, self.prompt, self.dtype = batch_size, prompt, dtype
@@ -48,8 +50,10 @@ class BottomStatesPredictor:
 
         texts = batch.column("text").to_pylist()
         states, pooled = bottom_states(self.model, texts, self.frozen_layers, prompt=self.prompt, batch_size=self.batch_size)
-        return embeddings_table([text_key(t) for t in texts], pooled).rename_columns(["key", "pooled"]).append_column(
-            "hidden", pa.array([s.tobytes() for s in states], pa.binary())
-        ).append_column("length", pa.array([s.shape[0] for s in states], pa.int32())).append_column(
-            "dim", pa.array([s.shape[1] for s in states], pa.int32())
+        return (
+            embeddings_table([text_key(t) for t in texts], pooled)
+            .rename_columns(["key", "pooled"])
+            .append_column("hidden", pa.array([s.tobytes() for s in states], pa.binary()))
+            .append_column("length", pa.array([s.shape[0] for s in states], pa.int32()))
+            .append_column("dim", pa.array([s.shape[1] for s in states], pa.int32()))
         )

@@ -57,8 +57,17 @@ def train_loop_per_worker(cfg: dict) -> None:
             step += 1
             if rank == 0 and (step % cfg["log_every"] == 0 or step == total):
                 rate = seen * world / max(1e-9, time.time() - te)
-                print(f"[train] epoch {epoch + 1}/{cfg['epochs']} step {step}/{total} loss {sum(losses[-cfg['log_every']:]) / len(losses[-cfg['log_every']:]):.5f} lr {scheduler.get_last_lr()[0]:.2e} {rate:.0f} samples/s", flush=True)
-        metrics = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / max(1, len(losses)), "samples_per_s": seen * world / max(1e-9, time.time() - te), "elapsed_s": time.time() - t0}
+                print(
+                    f"[train] epoch {epoch + 1}/{cfg['epochs']} step {step}/{total} loss {sum(losses[-cfg['log_every'] :]) / len(losses[-cfg['log_every'] :]):.5f} lr {scheduler.get_last_lr()[0]:.2e} {rate:.0f} samples/s",
+                    flush=True,
+                )
+        metrics = {
+            "epoch": epoch + 1,
+            "step": step,
+            "loss": sum(losses) / max(1, len(losses)),
+            "samples_per_s": seen * world / max(1e-9, time.time() - te),
+            "elapsed_s": time.time() - t0,
+        }
         history.append(metrics)
         last = epoch == cfg["epochs"] - 1
         if last and rank == 0:

@@ -17,10 +17,15 @@ from mdistill.teacher.cache import embedding_matrix
 def decode_states(table: pa.Table) -> list[np.ndarray]:
     """``hidden`` (float16 bytes) + ``length`` + ``dim`` columns -> [tokens, dim] arrays."""
     dim = table.column("dim")[0].as_py()
-    return [np.frombuffer(b, dtype=np.float16).reshape(n, dim) for b, n in zip(table.column("hidden").to_pylist(), table.column("length").to_pylist())]
+    return [
+        np.frombuffer(b, dtype=np.float16).reshape(n, dim)
+        for b, n in zip(table.column("hidden").to_pylist(), table.column("length").to_pylist())
+    ]
 
 
-def bucketed_batches(chunks: Iterable[pa.Table], batch_size: int, rng: random.Random) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def bucketed_batches(
+    chunks: Iterable[pa.Table], batch_size: int, rng: random.Random
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Within each chunk, sort rows by length, cut into batches, shuffle the batch order.
 
     Batches then pad little while memory stays bounded by one chunk. Every worker sees chunks of

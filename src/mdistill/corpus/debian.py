@@ -1,0 +1,264 @@
+"""Debian assets for the real parallel corpus: translation packages and DDTP index files.
+
+Nothing is installed. Packages are fetched with ``apt-get download`` and unpacked with
+``dpkg-deb -x`` into a cache folder (no root needed), so a corpus is built from named package
+versions rather than from whatever happens to be installed. DDTP (package-description
+translations) are apt index files, not packages: they are fetched by ``apt-get update`` into a
+private lists folder (root needed; the system's apt state is never touched).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import unquote
+
+from mdistill.corpus.langs import normalize_lang, try_normalize_lang
+
+# Packages whose gettext catalogs (.mo) are the corpus. postgresql-15 is the major in Debian 12
+# (bookworm); on another release it is reported as unavailable and skipped.
+GETTEXT_PACKAGES: list[str] = [
+    "postgresql-15",
+    "git",
+    "gnupg-l10n",
+    "coreutils",
+    "libc-l10n",
+    "dpkg",
+    "libdpkg-perl",
+    "libgtk2.0-common",
+    "libglib2.0-data",
+    "binutils-common",
+    "gettext",
+    "appstream",
+    "gsettings-desktop-schemas",
+    "libkrb5-3",
+]
+
+APT_TIMEOUT_S = 900  # a hung mirror must not hang the corpus build forever
+
+
+def _require_apt() -> None:
+    """Fail early with a useful message on systems without apt (not Debian/Ubuntu)."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise RuntimeError(
+            "the Debian corpus needs apt-get and dpkg-deb (Debian/Ubuntu); point corpus.sources at your own files (tsv, csv, jsonl, parquet, hf, tmx, po, mo) instead"
+        )
+
+
+def _extracted(dest: Path) -> dict[str, str]:
+    """Package name -> .deb file name of what is already unpacked in ``dest`` (``packages.txt``)."""
+    marker = dest / "packages.txt"
+    if not marker.exists():
+        return {}
+    debs = [line.strip() for line in marker.read_text().splitlines() if line.strip()]
+    return {deb.split("_")[0]: deb for deb in debs}
+
+
+def _download_one(pkg: str, dest: Path) -> str | None:
+    """Fetch and unpack one package; its .deb name, or None (with a warning) if apt has no such package.
+
+    One apt call per package: ``apt-get download a b c`` fails as a whole when one name is missing.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        r = subprocess.run(["apt-get", "download", pkg], check=False, cwd=tmp, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
+        debs = sorted(Path(tmp).glob("*.deb"))
+        if r.returncode != 0 or not debs:
+            warnings.warn(
+                f"Debian package {pkg!r} is not available in this release, skipped: {r.stderr.strip().splitlines()[-1:]}", stacklevel=3
+            )
+            return None
+        for deb in debs:
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True, capture_output=True)
+        with (dest / "packages.txt").open("a") as f:  # versions: part of the corpus fingerprint
+            f.writelines(deb.name + "\n" for deb in debs)
+        return debs[0].name
+
+
+def download_packages(pkgs: list[str], dest: Path) -> list[str]:
+    """Unpack ``pkgs`` into ``dest`` (cached by ``dest/packages.txt``); the names that are available.
+
+    A name this release lacks is skipped with a warning, so a list written for one Debian release
+    still builds on another.
+    """
+    _require_apt()
+    dest.mkdir(parents=True, exist_ok=True)
+    done = _extracted(dest)
+    return [pkg for pkg in pkgs if pkg in done or _download_one(pkg, dest) is not None]
+
+
+def _locale_lang(dirname: str) -> str | None:
+    """mdistill code of a locale folder (``de_DE`` -> ``de``); None for ``@`` variants and non-languages.
+
+    ``sr@latin``, ``ca@valencia``, ``en@quot`` are script/variant catalogs of a language that also
+    has a plain folder; mixing them in would duplicate or mix scripts, so they are left out.
+    """
+    return None if "@" in dirname else try_normalize_lang(dirname)
+
+
+def gettext_catalogs(root: Path, langs: list[str]) -> list[tuple[str, str, Path]]:
+    """``(lang, domain, path)`` of every ``usr/share/locale/<dir>/LC_MESSAGES/*.mo`` for ``langs``, sorted.
+
+    The domain (the .mo file name: ``git``, ``coreutils``, ``gtk20``) labels the source. Several
+    folders may map to one language (``de`` and ``de_DE``): all are returned.
+    """
+    wanted = {normalize_lang(lang) for lang in langs}
+    found = []
+    for mo in (root / "usr" / "share" / "locale").glob("*/LC_MESSAGES/*.mo"):
+        lang = _locale_lang(mo.parent.parent.name)
+        if lang in wanted and mo.is_file():
+            found.append((lang, mo.stem, mo))
+    return sorted(found)
+
+
+def _skip_ddtp(why: str) -> None:
+    """Say once, clearly, that DDTP is left out and why (it is optional, the build goes on)."""
+    warnings.warn(f"DDTP package descriptions skipped: {why}. The rest of the corpus is still built.", stacklevel=3)
+
+
+def _private_apt_conf(dest: Path) -> Path:
+    """An apt config for a side-effect-free ``apt-get update`` that fetches only Translation files.
+
+    It drops the system's post-update hooks (appstream, packagekit refresh the *system* caches) and
+    disables every index target except Translations (Packages alone is ~9 MB per update).
+    """
+    dump = subprocess.run(["apt-config", "dump"], capture_output=True, text=True, check=True).stdout
+    targets = sorted(set(re.findall(r"^Acquire::IndexTargets::(deb(?:-src)?::[^:\s]+)", dump, re.MULTILINE)) - {"deb::Translations"})
+    lines = ["#clear APT::Update::Pre-Invoke;", "#clear APT::Update::Post-Invoke;", "#clear APT::Update::Post-Invoke-Success;"]
+    lines += [f'Acquire::IndexTargets::{t}::DefaultEnabled "false";' for t in targets]
+    conf = dest / "apt.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return conf
+
+
+def ddtp_update_command(dest: Path, codes: list[str]) -> list[str]:
+    """The ``apt-get update`` that fetches Translation-<code> files into ``dest/lists`` only.
+
+    Lists and cache are private folders; ``GzipIndexes=false`` stores the files uncompressed (the
+    image keeps them .lz4); ``List-Cleanup=0`` keeps files of languages fetched earlier.
+    """
+    return [
+        "apt-get",
+        "update",
+        "-c",
+        str(dest / "apt.conf"),
+        "-o",
+        f"Dir::State::Lists={dest / 'lists'}/",
+        "-o",
+        f"Dir::Cache={dest / 'cache'}/",
+        "-o",
+        f"Acquire::Languages={','.join(codes)}",
+        "-o",
+        "Acquire::GzipIndexes=false",
+        "-o",
+        "APT::Get::List-Cleanup=0",
+    ]
+
+
+@contextmanager
+def _open_index(path: Path) -> Iterator[BinaryIO]:
+    """An apt index file as bytes, whatever compression apt stored it with."""
+    openers = {".gz": gzip.open, ".xz": lzma.open, ".lzma": lzma.open, ".bz2": bz2.open}
+    tools = {".lz4": ["lz4", "-dc"], ".zst": ["zstd", "-dc"]}
+    if path.suffix in openers:
+        with openers[path.suffix](path, "rb") as f:
+            yield f
+    elif path.suffix in tools:
+        with subprocess.Popen([*tools[path.suffix], str(path)], stdout=subprocess.PIPE) as p:
+            yield p.stdout
+        if p.returncode != 0:
+            raise RuntimeError(f"cannot decompress {path} with {tools[path.suffix][0]}")
+    else:
+        with path.open("rb") as f:
+            yield f
+
+
+_TRANSLATION = re.compile(r"_i18n_Translation-([^.]+)(\.[a-z0-9]+)?$")
+
+
+def _translation_files(lists: Path) -> dict[str, list[Path]]:
+    """Code (``en``, ``zh_CN``) -> its Translation files, one per suite/component, sorted.
+
+    apt names them ``<host>_<path>_dists_<suite>_<component>_i18n_Translation-<code>[.<comp>]``
+    with the code URL-quoted (``zh%5fCN``).
+    """
+    files: dict[str, list[Path]] = {}
+    for p in sorted(lists.glob("*_i18n_Translation-*")):
+        m = _TRANSLATION.search(p.name)
+        code = try_normalize_lang(unquote(m.group(1))) if m else None
+        if code is not None:
+            files.setdefault(code, []).append(p)
+    return files
+
+
+def _merge(paths: list[Path], out: Path) -> None:
+    """Concatenate index files (decompressed) into one plain stanza file, stanzas kept apart."""
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("wb") as w:
+        for p in paths:
+            with _open_index(p) as f:
+                shutil.copyfileobj(f, w)
+            w.write(b"\n\n")  # a file without a final blank line must not glue stanzas
+    tmp.replace(out)
+
+
+def _ddtp_marker(dest: Path) -> dict:
+    """What an earlier fetch into ``dest`` requested and produced (``ddtp.json``), or ``{}``."""
+    marker = dest / "ddtp.json"
+    return json.loads(marker.read_text()) if marker.exists() else {}
+
+
+def ddtp_lists(langs: list[str], dest: Path) -> dict[str, Path] | None:
+    """``{"en": path, lang: path}``: one plain Translation file per language, merged over suites.
+
+    Fetched once into ``dest`` (``ddtp.json`` marks what was fetched). Returns None, with a warning,
+    when apt cannot run (no apt, not root) or the update fails: DDTP is an optional source.
+    Languages the archive has no translations for are warned about and left out of the result.
+    """
+    wanted = list(dict.fromkeys(["en"] + [normalize_lang(lang) for lang in langs]))
+    done = _ddtp_marker(dest)
+    if set(wanted) <= set(done.get("requested", [])):
+        return {code: dest / name for code, name in done["files"].items() if code in wanted}
+    codes = wanted + [c for c in done.get("requested", []) if c not in wanted]  # keep earlier languages
+    if shutil.which("apt-get") is None:
+        _skip_ddtp("apt-get is not available (not Debian/Ubuntu)")
+        return None
+    if getattr(os, "geteuid", lambda: -1)() != 0:
+        _skip_ddtp("fetching apt Translation files needs root (apt-get update), and this process is not root")
+        return None
+    (dest / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (dest / "cache").mkdir(parents=True, exist_ok=True)
+    _private_apt_conf(dest)
+    cmd = ddtp_update_command(dest, codes)
+    try:
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _skip_ddtp(f"apt-get update did not finish in {APT_TIMEOUT_S} s")
+        return None
+    if r.returncode != 0:
+        _skip_ddtp(f"apt-get update failed (exit {r.returncode}): {r.stderr.strip()[-500:]}")
+        return None
+    found = _translation_files(dest / "lists")
+    if "en" not in found:
+        _skip_ddtp(f"apt-get update fetched no Translation-en into {dest / 'lists'}")
+        return None
+    files = {}
+    for code in codes:
+        if code not in found:
+            warnings.warn(f"DDTP has no translations for {code!r} in this release; left out", stacklevel=2)
+            continue
+        _merge(found[code], dest / f"Translation-{code}")
+        files[code] = f"Translation-{code}"
+    (dest / "ddtp.json").write_text(json.dumps({"requested": codes, "files": files, "command": cmd}, indent=1))
+    return {code: dest / name for code, name in files.items() if code in wanted}

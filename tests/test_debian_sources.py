@@ -1,0 +1,193 @@
+"""DDTP pairing and gettext catalog discovery on small synthetic files (no network, no apt)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mdistill.corpus import debian
+from mdistill.corpus.ddtp import iter_ddtp_pairs, parse_description
+from mdistill.corpus.debian import _merge, _translation_files, ddtp_lists, ddtp_update_command, gettext_catalogs
+
+EN = """\
+Package: alpha
+Description-md5: aaaa
+Description-en: short alpha
+ First paragraph of alpha,
+ on two lines.
+ .
+ Second paragraph of alpha:
+   * a verbatim list item
+
+Package: beta
+Description-md5: bbbb
+Description-en: short beta
+ One paragraph.
+ .
+ Two paragraphs.
+
+Package: gamma
+Description-md5: cccc
+Description-en: short gamma
+"""
+
+DE = """\
+Package: alpha
+Description-md5: aaaa
+Description-de: kurz alpha
+ Erster Absatz von alpha,
+ auf zwei Zeilen.
+ .
+ Zweiter Absatz von alpha:
+   * ein Listeneintrag
+
+Package: beta
+Description-md5: bbbb
+Description-de: kurz beta
+ Nur ein Absatz statt zwei.
+
+Package: orphan
+Description-md5: ffff
+Description-de: kurz waise
+
+Package: gamma
+Description-md5: cccc
+Description-de: kurz gamma
+"""
+
+
+def _files(tmp_path: Path, de: bytes | str = DE) -> tuple[Path, Path]:
+    en, xx = tmp_path / "Translation-en", tmp_path / "Translation-de"
+    en.write_text(EN)
+    xx.write_bytes(de.encode() if isinstance(de, str) else de)
+    return en, xx
+
+
+def test_parse_description_splits_paragraphs():
+    d = parse_description(EN.split("\n\n")[0])
+    assert d.md5 == "aaaa" and d.short == "short alpha"
+    assert d.paragraphs == ["First paragraph of alpha, on two lines.", "Second paragraph of alpha: * a verbatim list item"]
+
+
+def test_pairs_by_md5_with_paragraphs(tmp_path):
+    rows = list(iter_ddtp_pairs(*_files(tmp_path), "de"))
+    alpha = [r for r in rows if r.position == 1]
+    assert [(r.en, r.text, r.reason) for r in alpha] == [
+        ("short alpha", "kurz alpha", None),
+        ("First paragraph of alpha, on two lines.", "Erster Absatz von alpha, auf zwei Zeilen.", None),
+        ("Second paragraph of alpha: * a verbatim list item", "Zweiter Absatz von alpha: * ein Listeneintrag", None),
+    ]
+    assert all(r.lang == "de" for r in rows)
+    gamma = [r for r in rows if r.position == 4]
+    assert [(r.en, r.text, r.reason) for r in gamma] == [("short gamma", "kurz gamma", None)]
+
+
+def test_paragraph_mismatch_accounts_every_translated_paragraph(tmp_path):
+    beta = [r for r in iter_ddtp_pairs(*_files(tmp_path), "de") if r.position == 2]
+    assert beta[0] == ("short beta", "kurz beta", "de", 2, None, None)
+    assert [(r.en, r.text, r.reason, r.raw) for r in beta[1:]] == [
+        (None, "Nur ein Absatz statt zwei.", "missing_field", "Nur ein Absatz statt zwei.")
+    ]
+
+
+def test_no_english(tmp_path):
+    orphan = [r for r in iter_ddtp_pairs(*_files(tmp_path), "de") if r.position == 3]
+    assert len(orphan) == 1 and orphan[0].reason == "no_english" and orphan[0].text == "kurz waise" and "ffff" in orphan[0].raw
+
+
+def test_invalid_utf8_is_one_row_and_the_rest_still_pairs(tmp_path):
+    bad = DE.encode().replace(b"kurz beta", b"kurz \xff beta")
+    rows = list(iter_ddtp_pairs(*_files(tmp_path, bad), "de"))
+    beta = [r for r in rows if r.position == 2]
+    assert len(beta) == 1 and beta[0].reason == "invalid_utf8" and beta[0].en is None and "kurz" in beta[0].raw
+    assert sum(r.reason is None for r in rows) == 4  # alpha (3) + gamma (1)
+
+
+def test_several_files_and_positions_continue(tmp_path):
+    en, xx = _files(tmp_path)
+    xx2 = tmp_path / "Translation-de-2"
+    xx2.write_text(DE.split("\n\n")[3])  # gamma again
+    rows = list(iter_ddtp_pairs([en], [xx, xx2], "de"))
+    assert rows[-1] == ("short gamma", "kurz gamma", "de", 5, None, None)
+
+
+def test_gettext_catalogs_on_fake_tree(tmp_path):
+    for d, mo in [("de", "git"), ("de_DE", "coreutils"), ("zh_CN", "git"), ("fr", "dpkg"), ("ja", "git"), ("sr@latin", "git"), ("C", "x")]:
+        p = tmp_path / "usr" / "share" / "locale" / d / "LC_MESSAGES" / f"{mo}.mo"
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"")
+    (tmp_path / "usr/share/locale/de/LC_MESSAGES/readme.txt").write_text("not a catalog")
+    got = gettext_catalogs(tmp_path, ["de", "zh-CN", "fr"])
+    loc = tmp_path / "usr" / "share" / "locale"
+    assert got == [
+        ("de", "coreutils", loc / "de_DE/LC_MESSAGES/coreutils.mo"),
+        ("de", "git", loc / "de/LC_MESSAGES/git.mo"),
+        ("fr", "dpkg", loc / "fr/LC_MESSAGES/dpkg.mo"),
+        ("zh_CN", "git", loc / "zh_CN/LC_MESSAGES/git.mo"),
+    ]
+    assert gettext_catalogs(tmp_path / "missing", ["de"]) == []
+
+
+def test_translation_file_names_and_merge(tmp_path):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "deb.debian.org_debian_dists_bookworm_main_i18n_Translation-en").write_text(EN)
+    with gzip.open(lists / "deb.debian.org_debian-security_dists_bookworm-security_main_i18n_Translation-en.gz", "wt") as f:
+        f.write("Package: delta\nDescription-md5: dddd\nDescription-en: short delta")  # no final newline
+    (lists / "deb.debian.org_debian_dists_bookworm_main_i18n_Translation-zh%5fCN").write_text("")
+    (lists / "deb.debian.org_debian_dists_bookworm_InRelease").write_text("")
+    found = _translation_files(lists)
+    assert sorted(found) == ["en", "zh_CN"] and len(found["en"]) == 2
+    _merge(found["en"], tmp_path / "Translation-en")
+    xx = tmp_path / "Translation-de"
+    xx.write_text("Package: delta\nDescription-md5: dddd\nDescription-de: kurz delta\n\n" + DE)
+    rows = list(iter_ddtp_pairs(tmp_path / "Translation-en", xx, "de"))
+    assert rows[0] == ("short delta", "kurz delta", "de", 1, None, None)
+
+
+def test_update_command_uses_private_dirs(tmp_path):
+    cmd = " ".join(ddtp_update_command(tmp_path, ["en", "de", "zh_CN"]))
+    assert f"Dir::State::Lists={tmp_path}/lists/" in cmd and f"Dir::Cache={tmp_path}/cache/" in cmd
+    assert "Acquire::Languages=en,de,zh_CN" in cmd and "/var/lib/apt" not in cmd
+
+
+def test_ddtp_lists_uses_cache_and_skips_when_not_root(tmp_path, monkeypatch):
+    (tmp_path / "Translation-en").write_text(EN)
+    (tmp_path / "Translation-de").write_text(DE)
+    (tmp_path / "ddtp.json").write_text(json.dumps({"requested": ["en", "de"], "files": {"en": "Translation-en", "de": "Translation-de"}}))
+    assert ddtp_lists(["de"], tmp_path) == {"en": tmp_path / "Translation-en", "de": tmp_path / "Translation-de"}
+    monkeypatch.setattr(debian.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.warns(UserWarning, match="DDTP package descriptions skipped.*root"):
+        assert ddtp_lists(["fr"], tmp_path) is None
+
+
+def test_download_packages_needs_apt(tmp_path, monkeypatch):
+    monkeypatch.setattr(debian.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="apt-get"):
+        debian.download_packages(["git"], tmp_path)
+
+
+def test_download_packages_skips_missing_and_caches(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(cmd, cwd=None, **kw):
+        calls.append(cmd[:3])
+        if cmd[:2] == ["apt-get", "download"]:
+            if cmd[2] == "nope":
+                return debian.subprocess.CompletedProcess(cmd, 100, "", "E: Unable to locate package nope\n")
+            (Path(cwd) / f"{cmd[2]}_1.0-1_all.deb").write_bytes(b"")
+        return debian.subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(debian.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(debian.subprocess, "run", fake_run)
+    with pytest.warns(UserWarning, match="'nope' is not available"):
+        assert debian.download_packages(["git", "nope", "dpkg"], tmp_path) == ["git", "dpkg"]
+    assert (tmp_path / "packages.txt").read_text() == "git_1.0-1_all.deb\ndpkg_1.0-1_all.deb\n"
+    calls.clear()
+    assert debian.download_packages(["git", "dpkg"], tmp_path) == ["git", "dpkg"]
+    assert calls == []  # already extracted: no apt call

@@ -1,0 +1,133 @@
+"""Every reader on the bad-input fixture corpus: each row of a file comes out once, kept or with
+its reason; unreadable files are errors naming the file and position. No Ray here."""
+
+from collections import Counter
+
+import pytest
+
+from mdistill.config import SourceConfig
+from mdistill.corpus.readers import plan_units, read_rows, read_unit
+from mdistill.corpus.readers.lines import iter_lines, line_ranges
+from mdistill.corpus.schema import RAW_SCHEMA, CorpusReadError
+
+from bad_corpus import EXPECTED_ROWS_IN, UNREADABLE, write_bad_corpus
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    write_bad_corpus(d)
+    return d
+
+
+def sources(d):
+    return {
+        "bad.tsv": SourceConfig(format="tsv", paths=[str(d / "bad.tsv")], lang="de"),
+        "bad.csv": SourceConfig(format="csv", paths=[str(d / "bad.csv")]),
+        "bad.jsonl": SourceConfig(format="jsonl", paths=[str(d / "bad.jsonl")]),
+        "good.parquet": SourceConfig(format="parquet", paths=[str(d / "good.parquet")]),
+        "bad.tmx": SourceConfig(format="tmx", paths=[str(d / "bad.tmx")]),
+        "bad.po": SourceConfig(format="po", paths=[str(d / "bad.po")]),
+        "latin1.mo": SourceConfig(format="mo", paths=[str(d / "locale")]),
+        "hf": SourceConfig(format="hf", paths=[str(d / "hf")], lang="de", columns={"en": "translation.en", "text": "translation.de"}),
+    }
+
+
+def rows_of(src):
+    return [r for u in plan_units(src) for r in read_rows(u)]
+
+
+WANT_REASONS = {
+    "bad.tsv": {"empty_line": 1, "wrong_column_count": 2, "invalid_utf8": 1},
+    "bad.csv": {"empty_line": 1, "wrong_column_count": 2, "invalid_utf8": 1, "bad_quoting": 1, "unterminated_quote": 2},
+    "bad.jsonl": {"empty_line": 1, "invalid_json": 1, "wrong_type": 2, "missing_field": 1, "invalid_utf8": 1, "unknown_language": 1},
+    "good.parquet": {"missing_field": 1},
+    "bad.tmx": {"no_english": 2, "unknown_language": 1},
+    "bad.po": {"fuzzy": 1, "obsolete": 1, "untranslated": 1},
+    "latin1.mo": {},
+    "hf": {"missing_field": 1},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ROWS_IN))
+def test_every_row_of_a_bad_file_comes_out_once(bad, name):
+    rows = rows_of(sources(bad)[name])
+    assert len(rows) == EXPECTED_ROWS_IN[name]
+    reasons = Counter(r.reason for r in rows if r.reason)
+    assert reasons == Counter(WANT_REASONS[name])
+    for r in rows:
+        if r.reason is None:
+            assert r.en and r.text and r.lang, r
+        if r.reason in ("invalid_utf8", "wrong_column_count", "invalid_json", "wrong_type", "bad_quoting", "unterminated_quote"):
+            assert r.raw, r  # the raw content is kept for diagnosis
+
+
+def test_positions_name_the_line(bad):
+    rows = rows_of(sources(bad)["bad.tsv"])
+    assert [r.position for r in rows] == list(range(1, 13))
+    assert next(r for r in rows if r.reason == "invalid_utf8").position == 6
+    csv_rows = rows_of(sources(bad)["bad.csv"])
+    assert [r.position for r in csv_rows if r.reason == "unterminated_quote"] == [12, 13]
+    assert next(r for r in csv_rows if r.en and r.en.startswith("A field that spans")).text == "Ein Feld über zwei Zeilen."
+
+
+def test_language_codes_are_normalised(bad):
+    assert {r.lang for r in rows_of(sources(bad)["bad.tmx"]) if r.reason is None} == {"de", "fr"}
+    assert {r.lang for r in rows_of(sources(bad)["good.parquet"]) if r.reason is None} == {"de", "zh_CN"}
+    assert {r.lang for r in rows_of(sources(bad)["bad.jsonl"]) if r.reason is None} == {"de", "fr"}  # de-DE -> de
+
+
+def test_gettext_charset_plural_and_tmx_inline_codes(bad):
+    mo = rows_of(sources(bad)["latin1.mo"])
+    assert (bad / "locale/de/LC_MESSAGES/latin1.mo").read_bytes().count("ö".encode("latin-1")) >= 1  # really latin-1 on disk
+    assert mo[0].text == "Löschen Sie die ausgewählte Datei jetzt." and mo[0].lang == "de"
+    po = rows_of(sources(bad)["bad.po"])
+    assert ("%d files were deleted from the disk", "%d Dateien wurden von der Platte gelöscht") in [(r.en, r.text) for r in po]
+    tmx = rows_of(sources(bad)["bad.tmx"])
+    assert ("Press Enter to confirm the dialog.", "Drücken Sie Eingabe, um den Dialog zu bestätigen.") in [(r.en, r.text) for r in tmx]
+
+
+@pytest.mark.parametrize("name", sorted(UNREADABLE))
+def test_unreadable_file_is_an_error_naming_file_and_position(bad, name):
+    fmt = {"parquet": "parquet", "tmx": "tmx", "po": "po"}[name.rsplit(".", 1)[1]]
+    src = SourceConfig(format=fmt, paths=[str(bad / name)])
+    with pytest.raises(CorpusReadError, match=rf"{name}.*{UNREADABLE[name]}"):
+        rows_of(src)
+
+
+def test_read_unit_yields_tables_of_the_raw_schema(bad):
+    (u,) = plan_units(sources(bad)["bad.jsonl"])
+    tables = list(read_unit(u, rows_per_table=5))
+    assert [t.num_rows for t in tables] == [5, 5, 3]
+    assert all(t.schema == RAW_SCHEMA for t in tables)
+    assert set(tables[0].column("origin").to_pylist()) == {str(bad / "bad.jsonl")}
+
+
+def test_byte_ranges_cover_every_line_once_with_true_line_numbers(tmp_path):
+    p = tmp_path / "big.tsv"
+    p.write_bytes(b"".join(f"line {i}\tZeile {i}\n".encode() for i in range(1, 5001)))
+    ranges = line_ranges(p, target_bytes=4096)
+    assert len(ranges) > 10 and ranges[0][0] == 0 and ranges[-1][1] == p.stat().st_size
+    got = [(n, line) for s, e, first in ranges for n, line in iter_lines(p, s, e, first)]
+    assert got == [(i, f"line {i}\tZeile {i}".encode()) for i in range(1, 5001)]
+
+
+def test_tsv_units_split_a_big_file_and_keep_the_header_once(tmp_path):
+    p = tmp_path / "h.tsv"
+    p.write_text("en\ttext\n" + "".join(f"Sentence number {i} here\tSatz Nummer {i} hier\n" for i in range(3000)))
+    units = plan_units(SourceConfig(format="tsv", paths=[str(p)], header=True, lang="de"), range_bytes=8192)
+    assert len(units) > 5
+    rows = [r for u in units for r in read_rows(u)]
+    assert len(rows) == 3000 and rows[0].en == "Sentence number 0 here" and rows[0].position == 2
+
+
+def test_column_names_need_a_header(tmp_path):
+    p = tmp_path / "x.tsv"
+    p.write_text("a\tb\n")
+    with pytest.raises(ValueError, match="no header"):
+        plan_units(SourceConfig(format="tsv", paths=[str(p)], lang="de", columns={"en": "english"}))
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.tsv"):
+        plan_units(SourceConfig(format="tsv", paths=[str(tmp_path / "nope.tsv")], lang="de"))

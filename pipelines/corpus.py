@@ -29,6 +29,17 @@ from mdistill.corpus.manifest import build_manifest, summary_lines
 from mdistill.corpus.readers import plan_units, read_units_batch
 
 CORPUS_FORMAT = 2  # bump when extraction or cleaning code changes what a corpus holds
+CLEAN_SETTINGS = {
+    "langs",
+    "min_words",
+    "max_words",
+    "min_chars",
+    "max_chars",
+    "max_length_ratio",
+    "dev_fraction",
+    "test_fraction",
+    "train_fraction",
+}
 
 
 def debian_units(src: SourceConfig, langs: list[str], cache_dir: Path) -> tuple[list[dict], str]:
@@ -161,17 +172,7 @@ def build_corpus(cfg: CorpusConfig, cache_dir: Path, out_dir: Path | None = None
     ds = ds.map_batches(
         clean_table,
         batch_format="pyarrow",
-        fn_kwargs=dict(
-            langs=cfg.langs,
-            min_words=cfg.min_words,
-            max_words=cfg.max_words,
-            max_chars=cfg.max_chars,
-            max_length_ratio=cfg.max_length_ratio,
-            dev_fraction=cfg.dev_fraction,
-            test_fraction=cfg.test_fraction,
-            train_fraction=cfg.train_fraction,
-            buckets=buckets,
-        ),
+        fn_kwargs={**cfg.model_dump(include=CLEAN_SETTINGS), "buckets": buckets},
     )
     ds.write_parquet(str(staged), partition_cols=["bucket"])
     staged_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in staged.rglob("*.parquet"))

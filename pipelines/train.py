@@ -40,6 +40,9 @@ def frozen_states_pass(cfg: RunConfig, student_path: str, rows: pa.Table, prompt
         student_path, role="student-bottom", frozen_layers=frozen_layers, max_seq_length=cfg.student.max_seq_length, prompt=prompt
     )
     cache = EmbeddingCache(cache_dir / "student_states", fingerprint)
+    cache.write_meta(
+        model=student_path, kind="student_states", frozen_layers=frozen_layers, max_seq_length=cfg.student.max_seq_length, prompt=prompt
+    )
     texts = list(dict.fromkeys(rows.column("text").to_pylist()))
     t0 = time.time()
     kwargs = dict(
@@ -49,7 +52,7 @@ def frozen_states_pass(cfg: RunConfig, student_path: str, rows: pa.Table, prompt
         batch_size=cfg.eval.batch_size,
         prompt=prompt,
     )
-    computed = fill_cache(cache, texts, BottomStatesPredictor, kwargs, 512, out_dir.parent)
+    computed = fill_cache(cache, texts, BottomStatesPredictor, kwargs, 512, commit_rows=1024)  # ~50 KB of states a row
 
     # Each row gets its sentence's states; files of 2,048 rows stream to the trainers.
     cached = cache.read_table(texts, ["hidden", "length", "dim", "pooled"])

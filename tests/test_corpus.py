@@ -8,7 +8,7 @@ from mdistill.corpus.langs import normalize_lang
 from mdistill.corpus.libreoffice import file_pairs, paragraphs
 from mdistill.corpus.schema import RAW_SCHEMA, Row, RowBatcher
 
-F = dict(langs=["de", "zh_CN"], min_words=3, max_words=64, max_chars=1000, max_length_ratio=3.0)
+F = dict(langs=["de", "zh_CN"], min_words=3, max_words=64, max_chars=1000, max_length_ratio=3.0, min_chars=2)
 SPLIT = dict(dev_fraction=0.1, test_fraction=0.1, train_fraction=1.0)
 
 
@@ -55,13 +55,14 @@ def test_normalize_text():
         ("Open the file now", "", "empty"),
         ("Open it", "Öffne es", "too_short"),
         ("Open the file now", "Open the file now", "identical"),
-        ("Open the file now please", "Ö", "length_ratio"),
+        ("Open the file now please", "Öf", "length_ratio"),
         ("a " * 70, "b " * 70, "too_long"),
         ("Open the file now", "Öffne jetzt die Datei", None),
         ("%s", "%s", "format_only"),
         ("{0}: %(name)s <b>", "{0}: %(name)s <b>", "format_only"),
         ("Delete %d files from the disk", "%d Dateien von der Platte löschen", None),
         ("x " * 600, "y " * 600, "too_many_chars"),
+        ("Open the file now", "Ö", "too_few_chars"),
     ],
 )
 def test_reject_reason(en, text, reason):

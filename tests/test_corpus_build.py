@@ -107,3 +107,25 @@ def test_an_unreadable_file_stops_the_build_naming_it(tmp_path, ray_local):
     with pytest.raises(CorpusReadError, match="truncated.parquet.*footer"):
         build_corpus(cfg, tmp_path / "cache", tmp_path / "corpus")
     assert not (tmp_path / "corpus").exists()  # nothing half-built is left where a corpus would be reused
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_cli_corpus_build_from_a_config(tmp_path, ray_local):
+    from typer.testing import CliRunner
+
+    from mdistill.cli import app
+
+    d = tmp_path / "bad"
+    write_bad_corpus(d)
+    cfg = tmp_path / "corpus.yaml"
+    cfg.write_text(
+        f"cache_dir: {tmp_path / 'cache'}\ncorpus:\n  langs: [de]\n  sources:\n    - {{format: tsv, paths: [{d / 'bad.tsv'}], lang: de}}\n"
+    )
+    r = CliRunner().invoke(app, ["corpus", "build", str(cfg), "corpus.min_words=4", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "rows in 12" in r.output and "corpus built" in r.output
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["rows_in"] == 12 and m["rows_in"] == m["kept"] + sum(m["rejected"].values())
+    bad = CliRunner().invoke(app, ["corpus", "build", str(cfg), "corpus.min_word=4"])
+    assert bad.exit_code == 2 and "corpus.min_word" in bad.output

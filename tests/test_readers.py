@@ -131,3 +131,13 @@ def test_column_names_need_a_header(tmp_path):
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.tsv"):
         plan_units(SourceConfig(format="tsv", paths=[str(tmp_path / "nope.tsv")], lang="de"))
+
+
+def test_hf_reads_a_local_data_file_through_load_dataset(tmp_path):
+    p = tmp_path / "pairs.jsonl"
+    p.write_text('{"en": "Open the file in the editor.", "fr": "Ouvrez le fichier."}\n{"en": "Close it.", "fr": null}\n')
+    rows = rows_of(SourceConfig(format="hf", paths=[str(p)], lang="fr", columns={"text": "fr"}))
+    assert [(r.en, r.text, r.reason) for r in rows] == [
+        ("Open the file in the editor.", "Ouvrez le fichier.", None),
+        (None, None, "missing_field"),
+    ]

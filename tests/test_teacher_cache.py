@@ -54,3 +54,34 @@ def test_read_table_returns_one_row_per_text(tmp_path):
     assert sorted(t.column("key").to_pylist()) == sorted([text_key("a"), text_key("b")])
     with pytest.raises(KeyError, match="1 of 2"):
         c.read_table(["a", "zz"], ["embedding"])
+
+
+def test_verify_finds_and_quarantines_a_corrupt_shard_and_gc_cleans(tmp_path):
+    import os
+    import time
+
+    from mdistill.teacher.cache import cache_stats, gc_cache, verify_cache
+
+    c = EmbeddingCache(tmp_path, "fp")
+    c.write_meta(model="m", kind="embedding")
+    c.write([text_key("a")], np.ones((1, 4), np.float32))
+    bad = c.write([text_key("b")], np.ones((1, 4), np.float32))
+    bad.write_bytes(bad.read_bytes()[:30])
+    old_tmp = c.dir / ".left-by-a-killed-pass.parquet.tmp"
+    old_tmp.write_bytes(b"partial")
+    os.utime(old_tmp, (time.time() - 7200, time.time() - 7200))
+    young_tmp = c.dir / ".being-written.parquet.tmp"
+    young_tmp.write_bytes(b"partial")
+
+    st = cache_stats(c.dir)
+    assert st["shards"] == 2 and st["rows"] == 1 and st["unreadable_shards"] == [str(bad)] and st["leftover_tmp"] == 2
+    r = verify_cache(c.dir)
+    assert r["bad_shards"] == [str(bad)] and bad.exists()
+    r = verify_cache(c.dir, fix=True)
+    assert not bad.exists() and (c.dir / "corrupt" / bad.name).exists()
+    assert EmbeddingCache(tmp_path, "fp").missing(["a", "b"]) == ["b"]  # its text is computed again
+
+    removed = gc_cache(tmp_path)
+    assert set(removed) == {old_tmp, c.dir / "corrupt"}  # a pass may still own the young temp file
+    assert young_tmp.exists() and len(c.shards()) == 1
+    assert gc_cache(tmp_path, unused_days=-1, dry_run=True) == [c.dir]

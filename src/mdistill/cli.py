@@ -83,5 +83,65 @@ def corpus_build(
     typer.echo(f"corpus {'reused' if reused else 'built'}: {folder}  (pairs/, quarantine/, english/, manifest.json)")
 
 
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect and clean the content-addressed caches (teacher outputs, student states).")
+app.add_typer(cache_app, name="cache")
+CACHE_KINDS = ("teacher", "student_states")
+
+
+def _cache_root(cache_dir: Path | None) -> Path:
+    return (cache_dir or Path(load_config(None).cache_path)).expanduser().resolve()
+
+
+@cache_app.command("stats")
+def cache_stats_cmd(cache_dir: Path | None = typer.Option(None, help="cache root (default: ~/.cache/mdistill)")) -> None:
+    """Per fingerprint: model, shards, rows, distinct texts, size, last use."""
+    from mdistill.teacher.cache import cache_dirs, cache_stats
+
+    root = _cache_root(cache_dir)
+    for kind in CACHE_KINDS:
+        for d in cache_dirs(root / kind):
+            st = cache_stats(d)
+            typer.echo(
+                f"{kind:15s} {st['fingerprint'][:12]}  {st['model'] or '?':30s} shards {st['shards']:5d}  rows {st['rows']:9,d}  "
+                f"distinct {st['distinct_keys']:9,d}  {st['bytes'] / 2**20:8.1f} MiB  last used {st['last_used'] or '?'}"
+                + (f"  UNREADABLE {len(st['unreadable_shards'])}" if st["unreadable_shards"] else "")
+            )
+
+
+@cache_app.command("verify")
+def cache_verify_cmd(
+    cache_dir: Path | None = typer.Option(None, help="cache root (default: ~/.cache/mdistill)"),
+    fix: bool = typer.Option(False, help="move bad shards to corrupt/ so their texts are recomputed"),
+) -> None:
+    """Read every shard in full; report unreadable shards and duplicate rows. Exit 1 if any shard is bad and not fixed."""
+    from mdistill.teacher.cache import cache_dirs, verify_cache
+
+    root, bad = _cache_root(cache_dir), 0
+    for kind in CACHE_KINDS:
+        for d in cache_dirs(root / kind):
+            r = verify_cache(d, fix=fix)
+            bad += len(r["bad_shards"]) - len(r["moved"])
+            status = "ok" if not r["bad_shards"] else f"{len(r['bad_shards'])} bad shard(s)" + (", moved to corrupt/" if r["moved"] else "")
+            typer.echo(f"{kind:15s} {r['fingerprint'][:12]}  shards {r['shards']:5d}  duplicate rows {r['duplicate_rows']:6d}  {status}")
+            for p in r["bad_shards"]:
+                typer.echo(f"    bad: {p}")
+    raise typer.Exit(1 if bad else 0)
+
+
+@cache_app.command("gc")
+def cache_gc_cmd(
+    cache_dir: Path | None = typer.Option(None, help="cache root (default: ~/.cache/mdistill)"),
+    unused_days: float | None = typer.Option(None, help="also remove whole fingerprints not used for this many days"),
+    dry_run: bool = typer.Option(False, help="list what would be removed"),
+) -> None:
+    """Remove leftovers of interrupted passes, quarantined shards, and (optionally) unused fingerprints."""
+    from mdistill.teacher.cache import gc_cache
+
+    root = _cache_root(cache_dir)
+    for kind in CACHE_KINDS:
+        for p in gc_cache(root / kind, unused_days=unused_days, dry_run=dry_run):
+            typer.echo(f"{'would remove' if dry_run else 'removed'} {p}")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

@@ -73,6 +73,7 @@ class CorpusConfig(_Strict):
     langs: list[str] = ["de", "fr", "es", "zh_CN"]  # pairs in other languages are quarantined (lang_not_selected)
     min_words: int = Field(3, ge=1)  # English side, words
     max_words: int = Field(64, ge=1)
+    min_chars: int = Field(2, ge=1)  # per side (CJK sides have no word count)
     max_chars: int = Field(1000, ge=1)  # per side
     max_length_ratio: float = Field(3.0, ge=1.0)  # UTF-8 bytes, longer/shorter side
     dedup: bool = True  # exact (en, lang, text) duplicates: first kept, the rest quarantined
@@ -101,6 +102,8 @@ class CorpusConfig(_Strict):
 
 class TeacherConfig(_Strict):
     model: str = "all-MiniLM-L6-v2"  # packaged offline name, a local path, or any HF id
+    kind: Literal["embedding", "classifier"] = "embedding"  # classifier: raw logits of a sequence-classification model
+    num_actors: int | None = Field(None, ge=1)  # None: one per GPU, or CPU actors sized to the machine
     max_seq_length: int = Field(128, ge=8)
     batch_size: int = Field(64, ge=1)
     dtype: Literal["float16", "float32"] = "float32"

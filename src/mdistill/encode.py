@@ -50,3 +50,31 @@ def encode_batch(model, texts: Sequence[str], *, batch_size: int = 64, prompt: s
             emb = model(features)["sentence_embedding"]
         out[idx] = emb.float().cpu().numpy()
     return out
+
+
+def load_classifier(path_or_id: str, device: str | None = None):
+    """A sequence-classification teacher and its tokenizer (any HF id or local path)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForSequenceClassification.from_pretrained(path_or_id).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(path_or_id)
+
+
+@torch.inference_mode()
+def classify_batch(
+    model, tokenizer, texts: Sequence[str], *, batch_size: int = 64, max_seq_length: int = 128, prompt: str = "", autocast: bool = True
+) -> np.ndarray:
+    """Raw logits (float32, input order), length-sorted batches; bf16 autocast on GPU."""
+    device = next(model.parameters()).device
+    out = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
+    order = length_order(texts)
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tokenizer([prompt + texts[i] for i in idx], padding=True, truncation=True, max_length=max_seq_length, return_tensors="pt").to(
+            device
+        )
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast and device.type == "cuda"):
+            logits = model(**enc).logits
+        out[idx] = logits.float().cpu().numpy()
+    return out

@@ -59,6 +59,7 @@ def reasons(
     max_words: int,
     max_chars: int,
     max_length_ratio: float,
+    min_chars: int = 1,
 ) -> pa.Array:
     """The reason of each row (null = kept), over normalised ``en``/``text``; ``prior`` wins."""
     n_en, n_tx = pc.utf8_length(en), pc.utf8_length(text)
@@ -74,6 +75,7 @@ def reasons(
         ("lang_not_selected", pc.invert(pc.is_in(lang, pa.array(langs, pa.string())))),
         ("empty", pc.or_(pc.equal(n_en, 0), pc.equal(n_tx, 0))),
         ("too_many_chars", pc.or_(pc.greater(n_en, max_chars), pc.greater(n_tx, max_chars))),
+        ("too_few_chars", pc.or_(pc.less(n_en, min_chars), pc.less(n_tx, min_chars))),
         ("format_only", pc.invert(pc.and_(_has_letter(en), _has_letter(text)))),
         ("too_short", pc.less(words, min_words)),
         ("too_long", pc.greater(words, max_words)),
@@ -137,6 +139,7 @@ def clean_table(
     test_fraction: float,
     train_fraction: float,
     buckets: int = 1,
+    min_chars: int = 1,
 ) -> pa.Table:
     """Ray Data ``map_batches`` function (``batch_format="pyarrow"``) over ``RAW_SCHEMA`` tables:
     normalises en/text, sets ``reason``, adds ``split`` (kept rows) and ``bucket``."""
@@ -147,6 +150,7 @@ def clean_table(
         t.column("lang").combine_chunks(),
         t.column("reason").combine_chunks(),
         langs=langs,
+        min_chars=min_chars,
         min_words=min_words,
         max_words=max_words,
         max_chars=max_chars,

@@ -61,6 +61,7 @@ CLEAN_REASONS = {
     "lang_not_selected": "language not in corpus.langs",
     "empty": "a side is empty after normalisation",
     "too_many_chars": "a side is longer than max_chars characters",
+    "too_few_chars": "a side is shorter than min_chars characters",
     "format_only": "a side is only format specifiers / placeholders / punctuation",
     "too_short": "fewer than min_words English words",
     "too_long": "more than max_words English words",

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -58,6 +59,43 @@ class EmbeddingCache:
     def shards(self) -> list[Path]:
         return sorted(p for p in self.dir.glob("*.parquet") if not p.name.startswith("."))
 
+    def write_meta(self, **meta) -> None:
+        """What produced these vectors (model, settings), and when the cache was last used."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        old = self.meta()
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        payload = {**old, **meta, "fingerprint": self.fingerprint, "created": old.get("created", now), "last_used": now}
+        tmp = self.dir / f".meta.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        os.replace(tmp, self.dir / "meta.json")
+
+    def meta(self) -> dict:
+        try:
+            return json.loads((self.dir / "meta.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def quarantine_corrupt(self) -> list[Path]:
+        """Move the shards found unreadable to ``corrupt/`` so they are not read again; their keys
+        are missing now and the next pass recomputes them. Returns the new locations."""
+        moved = []
+        for shard in dict.fromkeys(self.corrupt):
+            if shard.exists():
+                (self.dir / "corrupt").mkdir(exist_ok=True)
+                dst = self.dir / "corrupt" / shard.name
+                os.replace(shard, dst)
+                moved.append(dst)
+        return moved
+
+    def write_table(self, table: pa.Table) -> Path:
+        """Add a finished table (``key`` + outputs) as one shard: temporary name, then rename."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{uuid.uuid4().hex}.parquet.tmp"
+        pq.write_table(table, tmp)
+        dst = self.dir / tmp.name[1:].removesuffix(".tmp")
+        os.replace(tmp, dst)
+        return dst
+
     def _read(self, shard: Path, columns: list[str]) -> pa.Table | None:
         try:
             return pq.read_table(shard, columns=columns)
@@ -98,12 +136,7 @@ class EmbeddingCache:
         return dst
 
     def write(self, keys: Sequence[str], embeddings: np.ndarray, dtype: str = "float32") -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{uuid.uuid4().hex}.parquet.tmp"
-        pq.write_table(embeddings_table(keys, embeddings, dtype), tmp)
-        dst = self.dir / tmp.name[1:].removesuffix(".tmp")
-        os.replace(tmp, dst)
-        return dst
+        return self.write_table(embeddings_table(keys, embeddings, dtype))
 
     def read_table(self, texts: Sequence[str], columns: list[str]) -> pa.Table:
         """Rows for the distinct ``texts`` (``key`` + ``columns``), in no particular order."""
@@ -122,12 +155,13 @@ class EmbeddingCache:
             raise KeyError(f"cache {self.fingerprint}: {len(want) - table.num_rows} of {len(want)} texts missing")
         return table
 
-    def lookup(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors for ``texts`` (float32, input order); KeyError names a text not in the cache."""
+    def lookup(self, texts: Sequence[str], column: str = "embedding") -> np.ndarray:
+        """Vectors (``embedding``, or ``logits`` of a classifier teacher) for ``texts`` (float32,
+        input order); KeyError names a text not in the cache."""
         want = {text_key(t) for t in texts}
         found: dict[str, np.ndarray] = {}
         for shard in self.shards():
-            t = self._read(shard, ["key", "embedding"])
+            t = self._read(shard, ["key", column])
             if t is None:
                 continue
             keys = t.column("key").to_pylist()
@@ -135,7 +169,7 @@ class EmbeddingCache:
             for i, k in enumerate(keys):
                 if k in want and k not in found:
                     if vecs is None:
-                        vecs = embedding_matrix(t.column("embedding"))
+                        vecs = embedding_matrix(t.column(column))
                     found[k] = vecs[i]
         out = []
         for text in texts:
@@ -156,3 +190,89 @@ def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     dim = arr.type.list_size if pa.types.is_fixed_size_list(arr.type) else len(arr[0])
     return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(arr), dim)
+
+
+def cache_dirs(root: str | Path) -> list[Path]:
+    """Every fingerprint folder under a cache root (``<cache>/teacher``, ``<cache>/student_states``)."""
+    root = Path(root)
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def cache_stats(d: Path) -> dict:
+    """Shards, rows, distinct keys, bytes, leftovers of one fingerprint folder (reads the key column)."""
+    c = EmbeddingCache(d.parent, d.name)
+    rows, keys = 0, set()
+    for shard in c.shards():
+        t = c._read(shard, ["key"])
+        if t is not None:
+            rows += t.num_rows
+            keys.update(t.column("key").to_pylist())
+    return {
+        "fingerprint": d.name,
+        "model": c.meta().get("model"),
+        "kind": c.meta().get("kind"),
+        "last_used": c.meta().get("last_used"),
+        "shards": len(c.shards()),
+        "rows": rows,
+        "distinct_keys": len(keys),
+        "bytes": sum(p.stat().st_size for p in c.shards()),
+        "unreadable_shards": [str(p) for p in c.corrupt],
+        "quarantined_shards": len(list((d / "corrupt").glob("*"))) if (d / "corrupt").is_dir() else 0,
+        "leftover_tmp": len(list(d.glob(".*.tmp"))),
+    }
+
+
+def verify_cache(d: Path, fix: bool = False) -> dict:
+    """Read every shard in full: report unreadable ones and those without a ``key`` column, and
+    duplicate keys; with ``fix``, move the bad shards to ``corrupt/`` (their keys get recomputed)."""
+    c = EmbeddingCache(d.parent, d.name)
+    bad: list[Path] = []
+    seen: set[str] = set()
+    dup = 0
+    for shard in c.shards():
+        try:
+            t = pq.read_table(shard)
+            if "key" not in t.column_names:
+                raise ValueError("no key column")
+        except Exception as e:  # any failure to read a shard in full is corruption to report
+            log.warning("cache %s: bad shard %s (%s)", d.name, shard.name, e)
+            bad.append(shard)
+            continue
+        ks = t.column("key").to_pylist()
+        dup += len(ks) - len(set(ks) - seen)
+        seen.update(ks)
+    moved = []
+    if fix:
+        c.corrupt = bad
+        moved = c.quarantine_corrupt()
+    return {
+        "fingerprint": d.name,
+        "shards": len(c.shards()) + len(moved),
+        "bad_shards": [str(p) for p in bad],
+        "duplicate_rows": dup,
+        "moved": [str(p) for p in moved],
+    }
+
+
+def gc_cache(root: Path, *, unused_days: float | None = None, min_age_s: float = 3600, dry_run: bool = False) -> list[Path]:
+    """Remove what no reader uses: temporary files of interrupted passes older than ``min_age_s``
+    (a running pass may still own younger ones), quarantined shards, and, with ``unused_days``,
+    whole fingerprint folders not used for that long. Returns what was (or would be) removed."""
+    import shutil
+
+    now = time.time()
+    doomed: list[Path] = []
+    for d in cache_dirs(root):
+        c = EmbeddingCache(d.parent, d.name)
+        last = c.meta().get("last_used")
+        age_days = (now - time.mktime(time.strptime(last, "%Y-%m-%dT%H:%M:%S"))) / 86400 if last else None
+        if unused_days is not None and age_days is not None and age_days > unused_days:
+            doomed.append(d)
+            continue
+        doomed += [p for p in d.glob(".*.tmp") if now - p.stat().st_mtime > min_age_s]
+        if (d / "corrupt").is_dir():
+            doomed.append(d / "corrupt")
+    if not dry_run:
+        for p in doomed:
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    return doomed

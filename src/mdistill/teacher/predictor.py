@@ -35,6 +35,29 @@ class TeacherPredictor:
         return embeddings_table([text_key(t) for t in texts], emb, self.dtype)
 
 
+class LogitsPredictor:
+    """Raw logits of a sequence-classification teacher (``AutoModelForSequenceClassification``),
+    keyed by text hash: columns ``key``, ``logits`` (float32; temperature is applied at training)."""
+
+    def __init__(
+        self, model: str, max_seq_length: int, batch_size: int, prompt: str = "", dtype: str = "float32", threads: int | None = None
+    ):
+        from mdistill.encode import load_classifier
+
+        _threads(threads)
+        self.model, self.tokenizer = load_classifier(model)
+        self.max_seq_length, self.batch_size, self.prompt = max_seq_length, batch_size, prompt
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from mdistill.encode import classify_batch
+
+        texts = batch.column("text").to_pylist()
+        logits = classify_batch(
+            self.model, self.tokenizer, texts, batch_size=self.batch_size, max_seq_length=self.max_seq_length, prompt=self.prompt
+        )
+        return embeddings_table([text_key(t) for t in texts], logits).rename_columns(["key", "logits"])
+
+
 class BottomStatesPredictor:
     """The frozen student's layer-k hidden states (float16 bytes) and its mean-pooled output,
     keyed by text hash like the teacher cache: columns ``key``, ``hidden``, ``length``, ``dim``,

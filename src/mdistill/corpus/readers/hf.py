@@ -7,6 +7,7 @@ Fields as for JSONL; a dotted key reaches into nested features (``translation.de
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from mdistill.corpus.readers.jsonl import record_row
 from mdistill.corpus.schema import CorpusReadError, Row
@@ -16,10 +17,16 @@ def load_hf(path: str, split: str | None):
     """A ``Dataset`` from a ``save_to_disk`` folder, or from a data file / builder name offline."""
     import datasets
 
-    try:
-        ds = datasets.load_from_disk(path)
-    except FileNotFoundError:
-        ds = datasets.load_dataset(path, split=split)  # a local data file/folder, or a hub id when online
+    p = Path(path)
+    if p.is_file():  # a local data file: the builder from its extension
+        builder = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}.get(p.suffix)
+        if builder is None:
+            raise CorpusReadError(f"{path}: no datasets builder for {p.suffix!r} files")
+        ds = datasets.load_dataset(builder, data_files=str(p), split=split or "train")
+    elif (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists():
+        ds = datasets.load_from_disk(path)  # saved with save_to_disk
+    else:
+        ds = datasets.load_dataset(path, split=split)  # a local folder of data files, or a hub id when online
     if isinstance(ds, datasets.DatasetDict):
         if split is None:
             raise CorpusReadError(f"{path}: a DatasetDict with splits {list(ds)}; set split:")

@@ -42,6 +42,10 @@ CLEAN_SETTINGS = {
 }
 
 
+def _unit(fmt: str, path: str, source: str, origin: str, nbytes: int, **args) -> dict:
+    return {"format": fmt, "path": path, "source": source, "origin": origin, "bytes": nbytes, "args": args}
+
+
 def debian_units(src: SourceConfig, langs: list[str], cache_dir: Path) -> tuple[list[dict], str]:
     """Read units of the built-in corpus and what they came from (package versions)."""
     from mdistill.corpus.debian import GETTEXT_PACKAGES, ddtp_lists, download_packages, gettext_catalogs
@@ -52,33 +56,14 @@ def debian_units(src: SourceConfig, langs: list[str], cache_dir: Path) -> tuple[
         help_root = debian_help_root(langs, cache_dir)
         identity.append(source_identity(help_root))
         for rel in list_help_files(help_root, src.max_files):
-            units.append(
-                {
-                    "format": "libreoffice",
-                    "path": rel,
-                    "help_root": str(help_root),
-                    "langs": langs,
-                    "source": "libreoffice",
-                    "origin": f"libreoffice-help/{rel}",
-                    "bytes": (help_root / "en-US" / rel).stat().st_size,
-                }
-            )
+            size = (help_root / "en-US" / rel).stat().st_size
+            units.append(_unit("libreoffice", rel, "libreoffice", f"libreoffice-help/{rel}", size, help_root=str(help_root), langs=langs))
     if "gettext" in src.parts:
         root = cache_dir / "debian" / "gettext"
         download_packages(src.packages or GETTEXT_PACKAGES, root)
         identity.append((root / "packages.txt").read_text() if (root / "packages.txt").exists() else "")
         for lang, label, path in gettext_catalogs(root, langs):
-            units.append(
-                {
-                    "format": "mo",
-                    "path": str(path),
-                    "lang": lang,
-                    "encoding": "utf-8",
-                    "source": f"gettext:{label}",
-                    "origin": str(path.relative_to(root)),
-                    "bytes": path.stat().st_size,
-                }
-            )
+            units.append(_unit("mo", str(path), f"gettext:{label}", str(path.relative_to(root)), path.stat().st_size, lang=lang))
     if "ddtp" in src.parts:
         lists = ddtp_lists(langs, cache_dir / "debian" / "ddtp")
         if lists is None:
@@ -91,22 +76,18 @@ def debian_units(src: SourceConfig, langs: list[str], cache_dir: Path) -> tuple[
                     continue
                 xx = [str(p) for p in _as_list(lists[lang])]
                 identity.append(json.dumps([(p, Path(p).stat().st_size) for p in en + xx]))
-                units.append(
-                    {
-                        "format": "ddtp",
-                        "path": "|".join(xx),
-                        "en_paths": en,
-                        "lang": lang,
-                        "source": "ddtp",
-                        "origin": f"ddtp/Translation-{lang}",
-                        "bytes": sum(Path(p).stat().st_size for p in xx),
-                    }
-                )
+                size = sum(Path(p).stat().st_size for p in xx)
+                units.append(_unit("ddtp", "|".join(xx), "ddtp", f"ddtp/Translation-{lang}", size, en_paths=en, lang=lang))
     return units, "\n".join(identity)
 
 
 def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _file_identity(units: list[dict]) -> str:
+    files = sorted({u["path"] for u in units if Path(u["path"]).exists()})
+    return json.dumps([(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files])
 
 
 def plan(cfg: CorpusConfig, cache_dir: Path) -> tuple[list[dict], str]:
@@ -116,24 +97,11 @@ def plan(cfg: CorpusConfig, cache_dir: Path) -> tuple[list[dict], str]:
     for src in cfg.sources:
         if src.format == "debian":
             u, ident = debian_units(src, cfg.langs, cache_dir)
-            identity.append(ident)
         else:
             u = plan_units(src)
-            for x in u:
-                p = Path(x["path"])
-                x["bytes"] = x.get("end", 0) - x.get("start", 0) or (p.stat().st_size if p.is_file() else 0)
-            identity.append(
-                json.dumps(
-                    sorted(
-                        {
-                            (x["path"], Path(x["path"]).stat().st_size, Path(x["path"]).stat().st_mtime_ns)
-                            for x in u
-                            if Path(x["path"]).exists()
-                        }
-                    )
-                )
-            )
+            ident = _file_identity(u)
         units += u
+        identity.append(ident)
     if not units:
         raise RuntimeError("the corpus sources hold no input files")
     return units, "\n".join(identity)

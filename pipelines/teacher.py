@@ -94,12 +94,16 @@ def teacher_pass(cfg: TeacherConfig, texts: Sequence[str], cache_dir: Path, work
     kwargs = {"model": model, "max_seq_length": cfg.max_seq_length, "batch_size": cfg.batch_size, "prompt": cfg.prompt, "dtype": cfg.dtype}
     predictor = LogitsPredictor if cfg.kind == "classifier" else TeacherPredictor
     computed = fill_cache(cache, unique, predictor, kwargs, cfg.batch_size * 8, num_actors=cfg.num_actors)
-    stats = {
-        "fingerprint": fingerprint,
-        "distinct_texts": len(unique),
-        "cache_hits": len(unique) - computed,
+    return cache, pass_stats(cache, len(unique), computed, t0)
+
+
+def pass_stats(cache: EmbeddingCache, distinct: int, computed: int, t0: float) -> dict:
+    """What a cached pass did: distinct texts, cache hits, computed, seconds, corrupt shards found."""
+    return {
+        "fingerprint": cache.fingerprint,
+        "distinct_texts": distinct,
+        "cache_hits": distinct - computed,
         "computed": computed,
         "seconds": round(time.time() - t0, 2),
         "corrupt_shards": [str(p) for p in cache.corrupt],
     }
-    return cache, stats

@@ -22,7 +22,7 @@ from ray.data.expressions import col
 from ray.train.torch import TorchTrainer
 
 from mdistill.config import RunConfig
-from mdistill.pipelines.teacher import fill_cache
+from mdistill.pipelines.teacher import fill_cache, pass_stats
 from mdistill.resources import train_worker_resources
 from mdistill.teacher.cache import EmbeddingCache, model_fingerprint, text_key
 from mdistill.teacher.predictor import BottomStatesPredictor
@@ -65,14 +65,7 @@ def frozen_states_pass(cfg: RunConfig, student_path: str, rows: pa.Table, prompt
     out_dir.mkdir(parents=True)
     for i, start in enumerate(range(0, joined.num_rows, 2048)):
         pq.write_table(joined.slice(start, 2048), out_dir / f"part-{i:05d}.parquet")
-    stats = {
-        "fingerprint": fingerprint,
-        "distinct_texts": len(texts),
-        "cache_hits": len(texts) - computed,
-        "computed": computed,
-        "seconds": round(time.time() - t0, 2),
-    }
-    return out_dir, stats
+    return out_dir, pass_stats(cache, len(texts), computed, t0)
 
 
 def num_layers(student_path: str) -> int:

@@ -85,3 +85,29 @@ def test_verify_finds_and_quarantines_a_corrupt_shard_and_gc_cleans(tmp_path):
     assert set(removed) == {old_tmp, c.dir / "corrupt"}  # a pass may still own the young temp file
     assert young_tmp.exists() and len(c.shards()) == 1
     assert gc_cache(tmp_path, unused_days=-1, dry_run=True) == [c.dir]
+
+
+def test_logits_predictor_matches_the_classifier_and_is_keyed_by_text(tmp_path, pairs):
+    import pyarrow as pa
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from mdistill.teacher.cache import embedding_matrix
+    from mdistill.teacher.predictor import LogitsPredictor
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted({w for t in pairs.en[:50] for w in t.lower().split()})]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
+    BertTokenizerFast(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    BertForSequenceClassification(
+        BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=3)
+    ).save_pretrained(tmp_path)
+
+    texts = list(pairs.en[:20])
+    out = LogitsPredictor(str(tmp_path), max_seq_length=64, batch_size=7)(pa.table({"text": texts}))
+    assert out.column_names == ["key", "logits"] and out.column("key").to_pylist() == [text_key(t) for t in texts]
+    model = BertForSequenceClassification.from_pretrained(tmp_path).eval()
+    tok = BertTokenizerFast.from_pretrained(tmp_path)
+    with torch.no_grad():
+        want = torch.cat([model(**tok([t], return_tensors="pt")).logits for t in texts]).numpy()
+    np.testing.assert_allclose(embedding_matrix(out.column("logits")), want, atol=1e-5)  # padding in batches changes nothing

@@ -78,11 +78,17 @@ def _fields(src: SourceConfig) -> dict[str, str]:
 
 
 def plan_units(src: SourceConfig, range_bytes: int = 32 << 20) -> list[dict]:
-    """Read units of a user source (``format: debian`` is planned by the corpus recipe)."""
+    """Read units of a user source (``format: debian`` is planned by the corpus recipe): each is
+    ``{format, path, source, origin, bytes, args}``, read by ``READERS[format](path, **args)``."""
     name = src.name or src.format
     units: list[dict] = []
+
+    def unit(path: str, nbytes: int, **args) -> dict:
+        return {"format": src.format, "path": path, "source": name, "origin": path, "bytes": nbytes, "args": args}
+
     for path in expand_paths(src):
-        base = {"format": src.format, "path": path, "source": name, "origin": path, "lang": src.lang, "encoding": src.encoding}
+        size = Path(path).stat().st_size if Path(path).is_file() else 0
+        common = {"lang": src.lang}
         if src.format in ("tsv", "csv"):
             header = src.header if src.header is not None else src.format == "csv"
             first = _first_record(path, src)
@@ -91,78 +97,58 @@ def plan_units(src: SourceConfig, range_bytes: int = 32 << 20) -> list[dict]:
             cols = resolve_columns(dict(src.columns), [c.strip() for c in first] if header else None)
             if "lang" not in cols and src.lang is None:
                 raise ValueError(f"{path}: no lang column and no lang: for this source")
-            opts = {"cols": cols, "ncols": len(first), "delimiter": src.delimiter or ("," if src.format == "csv" else "\t")}
+            delim = src.delimiter or ("," if src.format == "csv" else "\t")
+            common |= {"cols": cols, "ncols": len(first), "delimiter": delim, "encoding": src.encoding}
             if src.format == "csv":
-                units.append({**base, **opts, "header": header})
+                units.append(unit(path, size, header=header, **common))
             else:
-                units += [
-                    {**base, **opts, "skip_header": header and s == 0, "start": s, "end": e, "first_line": n}
-                    for s, e, n in line_ranges(path, range_bytes)
-                ]
+                ranges = line_ranges(path, range_bytes)
+                units += [unit(path, e - s, skip_header=header and s == 0, start=s, end=e, first_line=n, **common) for s, e, n in ranges]
         elif src.format == "jsonl":
-            units += [{**base, "fields": _fields(src), "start": s, "end": e, "first_line": n} for s, e, n in line_ranges(path, range_bytes)]
-        elif src.format in ("parquet", "hf"):
-            units.append({**base, "fields": _fields(src), "split": src.split})
+            common |= {"fields": _fields(src), "encoding": src.encoding}
+            units += [unit(path, e - s, start=s, end=e, first_line=n, **common) for s, e, n in line_ranges(path, range_bytes)]
+        elif src.format == "parquet":
+            units.append(unit(path, size, fields=_fields(src), **common))
+        elif src.format == "hf":
+            units.append(unit(path, size, fields=_fields(src), split=src.split, **common))
         elif src.format == "tmx":
-            units.append({**base, "en_lang": src.en_lang})
+            units.append(unit(path, size, en_lang=src.en_lang))
         else:  # po / mo
-            units.append(base)
+            units.append(unit(path, size, **common))
     return units
+
+
+def _libreoffice(path: str, help_root: str, langs: list[str]):
+    from mdistill.corpus.libreoffice import file_pairs
+
+    return file_pairs(Path(help_root), path, langs)
+
+
+def _ddtp(path: str, en_paths: list[str], lang: str):
+    from mdistill.corpus.ddtp import iter_ddtp_pairs
+
+    return iter_ddtp_pairs([Path(p) for p in en_paths], [Path(p) for p in path.split("|")], lang)
+
+
+READERS = {
+    "tsv": read_tsv,
+    "csv": read_csv,
+    "jsonl": read_jsonl,
+    "parquet": read_parquet,
+    "hf": read_hf,
+    "tmx": read_tmx,
+    "po": read_gettext,
+    "mo": read_gettext,
+    "libreoffice": _libreoffice,  # built-in corpus units (planned by the corpus recipe)
+    "ddtp": _ddtp,
+}
 
 
 def read_rows(u: dict):
     """The ``Row`` generator of one unit."""
-    fmt = u["format"]
-    if fmt == "tsv":
-        return read_tsv(
-            u["path"],
-            cols=u["cols"],
-            ncols=u["ncols"],
-            lang=u["lang"],
-            delimiter=u["delimiter"],
-            encoding=u["encoding"],
-            skip_header=u["skip_header"],
-            start=u["start"],
-            end=u["end"],
-            first_line=u["first_line"],
-        )
-    if fmt == "csv":
-        return read_csv(
-            u["path"],
-            cols=u["cols"],
-            ncols=u["ncols"],
-            lang=u["lang"],
-            delimiter=u["delimiter"],
-            encoding=u["encoding"],
-            header=u["header"],
-        )
-    if fmt == "jsonl":
-        return read_jsonl(
-            u["path"],
-            fields=u["fields"],
-            lang=u["lang"],
-            encoding=u["encoding"],
-            start=u["start"],
-            end=u["end"],
-            first_line=u["first_line"],
-        )
-    if fmt == "parquet":
-        return read_parquet(u["path"], fields=u["fields"], lang=u["lang"])
-    if fmt == "hf":
-        return read_hf(u["path"], fields=u["fields"], lang=u["lang"], split=u["split"])
-    if fmt == "tmx":
-        return read_tmx(u["path"], en_lang=u["en_lang"])
-    if fmt in ("po", "mo"):
-        return read_gettext(u["path"], lang=u["lang"])
-    if fmt == "libreoffice":
-        from mdistill.corpus.libreoffice import file_pairs
-
-        return file_pairs(Path(u["help_root"]), u["path"], u["langs"])
-    if fmt == "ddtp":
-        from mdistill.corpus.ddtp import iter_ddtp_pairs
-
-        return iter_ddtp_pairs([Path(p) for p in u["en_paths"]], [Path(p) for p in u["path"].split("|")], u["lang"])
-    raise ValueError(f"unknown unit format {fmt!r}")
+    if u["format"] not in READERS:
+        raise ValueError(f"unknown unit format {u['format']!r}")
+    return READERS[u["format"]](u["path"], **u["args"])
 
 
 def read_unit(u: dict, rows_per_table: int = 20_000) -> Iterator[pa.Table]:

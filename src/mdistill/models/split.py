@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
+from mdistill.encode import token_length_order
+
 
 def _bert(st_model):
     """The Hugging Face encoder inside a SentenceTransformer (Transformer module first)."""
@@ -49,7 +51,7 @@ def bottom_states(st_model, texts: Sequence[str], frozen_layers: int, *, prompt:
     layers = encoder_layers(bert)
     states: list[np.ndarray | None] = [None] * len(texts)
     emb = np.empty((len(texts), bert.config.hidden_size), dtype=np.float32)
-    order = np.argsort([len(t) for t in texts], kind="stable")
+    order = token_length_order(st_model, [prompt + t for t in texts])
     for start in range(0, len(texts), batch_size):
         idx = order[start : start + batch_size]
         f = st_model.preprocess([prompt + texts[i] for i in idx])

@@ -99,6 +99,7 @@ def train_student(
             threads=threads,
             seed=cfg.seed,
             epochs=t.epochs,
+            loss=t.loss,
             batch_size=t.batch_size,
             lr=t.lr,
             head_lr=t.head_lr,

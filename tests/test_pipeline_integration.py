@@ -78,8 +78,10 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
     assert saved["metrics"].keys() == report["metrics"].keys()
     assert "| de |" in (tmp_path / "run" / "report.md").read_text()
 
-    # warm re-run: no teacher forward pass for cached sentences
-    again = run(cfg)
+    # warm re-run (with the cosine loss: the caches do not depend on the loss): no teacher or
+    # student-state forward pass for cached sentences
+    again = run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"loss": "cosine"})}))
+    assert again["train"]["history"][-1]["loss_fn"] == "CosineLoss" and report["train"]["history"][-1]["loss_fn"] == "MSELoss"
     assert again["corpus_reused"] and not report["corpus_reused"]
     assert again["teacher_cache"]["computed"] == 0
     assert again["student_states_cache"]["computed"] == 0

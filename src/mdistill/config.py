@@ -121,6 +121,7 @@ class StudentConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    loss: Literal["mse", "cosine"] = "mse"  # embedding distillation loss (mdistill.losses)
     workers: int = Field(2, ge=1)
     use_gpu: bool = False
     epochs: int = Field(3, ge=1)

@@ -16,7 +16,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     import ray.train.torch
 
     from mdistill.encode import load_sentence_transformer
-    from mdistill.losses import MSELoss
+    from mdistill.losses import CosineLoss, MSELoss
     from mdistill.models.split import TopStudent
     from mdistill.training.step import bucketed_batches, steps_per_epoch, train_step, warmup_linear
 
@@ -43,7 +43,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     per_epoch = steps_per_epoch(rows, cfg["batch_size"], cfg["bucket_rows"])
     total = per_epoch * cfg["epochs"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(total, cfg["warmup_ratio"]))
-    loss_fn = MSELoss()
+    loss_fn = CosineLoss() if cfg.get("loss") == "cosine" else MSELoss()
 
     shard = ray.train.get_dataset_shard("train")
     step, t0, history = 0, time.time(), []
@@ -65,6 +65,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             "epoch": epoch + 1,
             "step": step,
             "loss": sum(losses) / max(1, len(losses)),
+            "loss_fn": type(loss_fn).__name__,
             "samples_per_s": seen * world / max(1e-9, time.time() - te),
             "elapsed_s": time.time() - t0,
         }

@@ -83,6 +83,32 @@ def corpus_build(
     typer.echo(f"corpus {'reused' if reused else 'built'}: {folder}  (pairs/, quarantine/, english/, manifest.json)")
 
 
+@app.command("trim-vocab")
+def trim_vocab(
+    model: str = typer.Argument(..., help="sentence-transformers model: packaged name, local path or HF id"),
+    corpus: Path = typer.Argument(..., help="a corpus folder built by `mdistill corpus build` (its pairs/ are read)"),
+    out: Path = typer.Argument(..., help="output folder"),
+    prompt: str | None = typer.Option(None, help="prefix added to every text (default: the model's default prompt)"),
+) -> None:
+    """Keep only the tokenizer pieces the corpus uses: outputs for covered text are unchanged."""
+    import pyarrow.parquet as pq
+
+    from mdistill.assets import resolve_model
+    from mdistill.encode import default_prompt, load_sentence_transformer
+    from mdistill.models.trim_vocab import trim_vocabulary
+
+    path = resolve_model(model, load_config(None).cache_path)
+    if prompt is None:
+        prompt = default_prompt(load_sentence_transformer(path, device="cpu"))
+    t = pq.read_table(corpus / "pairs", columns=["en", "text"])
+    texts = [prompt + x for x in dict.fromkeys(t.column("en").to_pylist() + t.column("text").to_pylist())]
+    info = trim_vocabulary(path, texts, out)
+    typer.echo(
+        f"{info['tokenizer']} vocabulary {info['vocab_before']:,} -> {info['vocab_after']:,} pieces; "
+        f"parameters {info['params_before'] / 1e6:.1f}M -> {info['params_after'] / 1e6:.1f}M; written to {out}"
+    )
+
+
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect and clean the content-addressed caches (teacher outputs, student states).")
 app.add_typer(cache_app, name="cache")
 CACHE_KINDS = ("teacher", "student_states")

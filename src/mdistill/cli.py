@@ -109,6 +109,22 @@ def trim_vocab(
     )
 
 
+@app.command("prune-layers")
+def prune_layers_cmd(
+    model: str = typer.Argument(..., help="sentence-transformers model: packaged name, local path or HF id"),
+    out: Path = typer.Argument(..., help="output folder"),
+    keep: str = typer.Option(..., help="0-based encoder layers to keep, e.g. 0,2,4,6,8,10"),
+) -> None:
+    """A smaller student initialised from a subset of a model's layers."""
+    from mdistill.assets import resolve_model
+    from mdistill.models.prune_layers import prune_layers
+
+    info = prune_layers(resolve_model(model, load_config(None).cache_path), [int(x) for x in keep.split(",")], out)
+    typer.echo(
+        f"layers {info['layers_before']} -> {info['layers_after']}; parameters {info['params_before'] / 1e6:.1f}M -> {info['params_after'] / 1e6:.1f}M; written to {out}"
+    )
+
+
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect and clean the content-addressed caches (teacher outputs, student states).")
 app.add_typer(cache_app, name="cache")
 CACHE_KINDS = ("teacher", "student_states")

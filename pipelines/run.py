@@ -88,7 +88,7 @@ def run(cfg: RunConfig) -> dict:
     # 2. Teacher: every distinct English source (and the dev translations, for the teacher-alone baseline).
     with timings.stage("teacher"):
         texts = list(dict.fromkeys([*train.en, *dev.en, *dev.text]))
-        cache, cache_stats = teacher_pass(cfg.teacher, texts, cache_dir, out)
+        cache, cache_stats = teacher_pass(cfg.teacher, texts, cache_dir)
         teacher = dict(zip(texts, cache.lookup(texts)))
     print(f"[mdistill] teacher cache: {cache_stats['cache_hits']} hits, {cache_stats['computed']} computed", flush=True)
 

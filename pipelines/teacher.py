@@ -81,7 +81,7 @@ def fill_cache(
     return len(todo)
 
 
-def teacher_pass(cfg: TeacherConfig, texts: Sequence[str], cache_dir: Path, work_dir: Path | None = None) -> tuple[EmbeddingCache, dict]:
+def teacher_pass(cfg: TeacherConfig, texts: Sequence[str], cache_dir: Path) -> tuple[EmbeddingCache, dict]:
     """Teacher outputs for every distinct text, computed once: sentence embeddings (pooling and
     normalisation as the model defines them) or, for ``kind: classifier``, raw logits."""
     model = local_model_dir(resolve_model(cfg.model, cache_dir))

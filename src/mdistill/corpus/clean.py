@@ -121,9 +121,8 @@ def split_and_bucket(en: list[str | None], kept: list[bool], buckets: int, **fra
             split.append(None)
             bucket.append(i % buckets)  # rejected at read time: no English to group by
             continue
-        b = e.encode()
-        split.append(split_of(int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "big") / 2**64, **fractions) if k else None)
-        bucket.append(zlib.crc32(b) % buckets)
+        split.append(split_of(hash_unit(e), **fractions) if k else None)
+        bucket.append(zlib.crc32(e.encode()) % buckets)
     return split, bucket
 
 

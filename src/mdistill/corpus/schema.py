@@ -69,7 +69,6 @@ CLEAN_REASONS = {
     "length_ratio": "UTF-8 length ratio of the sides above max_length_ratio",
     "duplicate": "the same (en, lang, text) pair seen earlier",
 }
-REASONS = {**READ_REASONS, **CLEAN_REASONS}
 
 
 def truncate(s: str | None, n: int = RAW_CHARS) -> str | None:

@@ -123,18 +123,6 @@ class EmbeddingCache:
                 todo.append(t)
         return todo
 
-    def add_shard_file(self, src: Path) -> Path:
-        """Move a finished Parquet file into the cache atomically (same filesystem rename)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        dst = self.dir / f"{uuid.uuid4().hex}.parquet"
-        tmp = self.dir / f".{dst.name}.tmp"
-        if src.stat().st_dev == self.dir.stat().st_dev:
-            os.replace(src, tmp)
-        else:
-            tmp.write_bytes(src.read_bytes())
-        os.replace(tmp, dst)
-        return dst
-
     def write(self, keys: Sequence[str], embeddings: np.ndarray, dtype: str = "float32") -> Path:
         return self.write_table(embeddings_table(keys, embeddings, dtype))
 

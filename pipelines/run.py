@@ -1,7 +1,8 @@
 """The end-to-end recipe: ``mdistill run configs/default.yaml``.
 
-corpus -> select train/dev -> teacher (cached) -> frozen student pass -> baselines -> Ray Train
--> evaluate -> export -> report. Read it top to bottom; every stage is timed in the report.
+corpus -> select train/dev -> teacher (cached) -> per student: build, frozen pass, baselines ->
+Ray Train (all students at once) -> evaluate -> export + model card -> report. Read it top to
+bottom; every stage is timed in the report.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ import ray
 import torch
 from ray.data.expressions import col
 
-from mdistill.assets import resolve_model
 from mdistill.config import RunConfig
 from mdistill.encode import default_prompt, load_sentence_transformer
-from mdistill.export import export_student
+from mdistill.evaluation.metrics import summarize
+from mdistill.export import export_student, model_card_info, write_model_card
+from mdistill.models.builder import build_student
 from mdistill.models.split import TopStudent, lstsq_dense, pad_states
 from mdistill.pipelines.corpus import build_corpus
 from mdistill.pipelines.evaluate import beats_baselines, evaluate_models
 from mdistill.pipelines.teacher import teacher_pass
-from mdistill.pipelines.train import frozen_states_pass, train_student
+from mdistill.pipelines.train import fit_all, frozen_states_pass, load_trained, train_student
 from mdistill.ray_init import init_ray
 from mdistill.report import Timings, write_report
 from mdistill.teacher.cache import embedding_matrix, embeddings_table
@@ -78,6 +80,8 @@ def run(cfg: RunConfig) -> dict:
     timings = Timings()
     torch.manual_seed(cfg.seed)
     init_ray(cfg.ray)
+    specs = cfg.student_specs()
+    single = len(specs) == 1  # one student keeps the short names: model/, untrained, linear_map
 
     # 1. Corpus: real parallel text, cleaned, split by hash of the English sentence.
     with timings.stage("corpus"):
@@ -91,68 +95,106 @@ def run(cfg: RunConfig) -> dict:
         cache, cache_stats = teacher_pass(cfg.teacher, texts, cache_dir)
         teacher = dict(zip(texts, cache.lookup(texts)))
     print(f"[mdistill] teacher cache: {cache_stats['cache_hits']} hits, {cache_stats['computed']} computed", flush=True)
+    rows = student_rows(train, dev, teacher)
 
-    # 3. Student: the packaged multilingual model (or any HF model), its bottom run once and cached.
+    # 3. Students: build each (packaged, any HF id or path; layer pruning; vocabulary trimming),
+    #    run its frozen bottom once over every sentence (cached), fit the linear-map baseline.
+    prepared, trainers = {}, {}
     with timings.stage("student_frozen_pass"):
-        student_path = resolve_model(cfg.student.model, cache_dir)
-        st = load_sentence_transformer(student_path, device="cpu", max_seq_length=cfg.student.max_seq_length)
-        prompt = default_prompt(st) if cfg.student.prompt is None else cfg.student.prompt
-        states_dir, states_stats = frozen_states_pass(
-            cfg, student_path, student_rows(train, dev, teacher), prompt, cache_dir, out / "student_states"
-        )
-    print(f"[mdistill] student states cache: {states_stats['cache_hits']} hits, {states_stats['computed']} computed", flush=True)
+        for name, scfg, tcfg in specs:
+            built = build_student(scfg, cache_dir, corpus_texts=rows.column("text").to_pylist())
+            st = load_sentence_transformer(built["path"], device="cpu", max_seq_length=scfg.max_seq_length)
+            prompt = default_prompt(st) if scfg.prompt is None else scfg.prompt
+            states_dir = out / ("student_states" if single else f"student_states/{name}")
+            states_dir, states_stats = frozen_states_pass(scfg, cfg.eval.batch_size, built["path"], rows, prompt, cache_dir, states_dir)
+            print(f"[mdistill] {name}: states cache {states_stats['cache_hits']} hits, {states_stats['computed']} computed", flush=True)
 
-    # 4. Baselines from the frozen pass: the untrained student and the least-squares linear map.
-    meta = pq.read_table(states_dir, columns=["text", "lang", "en", "split", "target", "pooled"])
-    tr = meta.filter(pc.equal(meta.column("split"), "train"))
-    pooled, targets = embedding_matrix(tr.column("pooled")), embedding_matrix(tr.column("target"))
-    if cfg.student.projection == "none" and pooled.shape[1] != targets.shape[1]:
-        raise ValueError(
-            f"student.projection=none needs equal dimensions, but the student has {pooled.shape[1]} and the teacher {targets.shape[1]}"
-        )
-    linear_map = lstsq_dense(pooled, targets)
-    # The trained student's Dense head starts at (a well-conditioned version of) the linear map.
-    dense = {
-        "lstsq": lambda: lstsq_dense(pooled, targets, ridge=cfg.student.head_ridge),
-        "random": lambda: torch.nn.Linear(pooled.shape[1], targets.shape[1]),
-        "none": lambda: None,
-    }[cfg.student.projection]()
+            # Baselines from the frozen pass: the untrained student and the least-squares linear map.
+            meta = pq.read_table(states_dir, columns=["split", "target", "pooled"])
+            tr = meta.filter(pc.equal(meta.column("split"), "train"))
+            pooled, targets = embedding_matrix(tr.column("pooled")), embedding_matrix(tr.column("target"))
+            if scfg.projection == "none" and pooled.shape[1] != targets.shape[1]:
+                raise ValueError(
+                    f"{name}: student.projection=none needs equal dimensions, but the student has {pooled.shape[1]} and the teacher {targets.shape[1]}"
+                )
+            # The trained student's Dense head starts at (a well-conditioned version of) the linear map.
+            dense = initial_head(scfg, pooled, targets)
+            prepared[name] = dict(
+                st=st,
+                prompt=prompt,
+                built=built,
+                states_dir=states_dir,
+                states_stats=states_stats,
+                linear_map=lstsq_dense(pooled, targets),
+                train=tcfg,
+            )
+            trainers[name] = train_student(
+                name, scfg, tcfg, seed=cfg.seed, student_path=built["path"], states_dir=states_dir,
+                train_rows=tr.num_rows, dense=dense, run_dir=out, concurrent=len(specs),
+            )  # fmt: skip
 
-    # 5. Train the student's top on Ray Train (2 workers, gloo on CPU).
+    # 4. Train every student at once on Ray Train (DDP or DeepSpeed ZeRO; gloo on CPU).
     with timings.stage("train"):
-        result = train_student(cfg, student_path, states_dir, tr.num_rows, dense, out)
-        with result.checkpoint.as_directory() as d:
-            ckpt = torch.load(f"{d}/top_student.pt", weights_only=False)
-        top = TopStudent(st, cfg.student.train_layers, dense=ckpt["dense"])
-        top.layers.load_state_dict(ckpt["layers"])
+        results = fit_all(trainers)
 
-    # 6. Evaluate every model on the dev split, per language.
+    # 5. Evaluate every model on the dev split, per language: the teacher, and per student the
+    #    untrained model, the linear map and the trained student.
     with timings.stage("evaluate"):
-        dv = pq.read_table(states_dir, filters=[("split", "=", "dev")], columns=["text", "hidden", "length", "dim", "pooled"])
-        dev_texts = dv.column("text").to_pylist()
-        frozen = embedding_matrix(dv.column("pooled"))
-        trained = top_embeddings(top, decode_states(dv))
-        embeddings = {
-            "teacher": teacher,
-            "untrained": dict(zip(dev_texts, frozen / np.linalg.norm(frozen, axis=1, keepdims=True))),  # the model normalizes
-            "linear_map": dict(zip(dev_texts, linear_map(torch.from_numpy(frozen)).detach().numpy())),
-            "student": dict(zip(dev_texts, trained)),
-        }
+        embeddings: dict[str, dict] = {"teacher": teacher}
+        baselines = ["teacher"]
+        for name, p in prepared.items():
+            ckpt = load_trained(results[name])
+            top = TopStudent(p["st"], specs_by_name(specs)[name].train_layers, dense=ckpt["dense"])
+            top.layers.load_state_dict(ckpt["layers"])
+            dv = pq.read_table(p["states_dir"], filters=[("split", "=", "dev")], columns=["text", "hidden", "length", "dim", "pooled"])
+            dev_texts = dv.column("text").to_pylist()
+            frozen = embedding_matrix(dv.column("pooled"))
+            p.update(top=top, ckpt=ckpt, dev_texts=dev_texts, trained=top_embeddings(top, decode_states(dv)))
+            untrained, linear = ("untrained", "linear_map") if single else (f"{name}:untrained", f"{name}:linear_map")
+            embeddings[untrained] = dict(zip(dev_texts, frozen / np.linalg.norm(frozen, axis=1, keepdims=True)))  # the model normalizes
+            embeddings[linear] = dict(zip(dev_texts, p["linear_map"](torch.from_numpy(frozen)).detach().numpy()))
+            embeddings[name] = dict(zip(dev_texts, p["trained"]))
+            baselines += [untrained, linear]
         table = evaluate_models(dev, embeddings, teacher)
 
-    # 7. Export a sentence-transformers directory and check it against our own forward.
+    # 6. Export each student as a sentence-transformers directory, checked against our own forward.
     with timings.stage("export"):
-        model_dir = export_student(
-            st,
-            top.dense,
-            out / "model",
-            prompt=prompt,
-            extra={"teacher": cfg.teacher.model, "teacher_fingerprint": cache_stats["fingerprint"], "langs": cfg.corpus.langs},
-        )
-        check = dev_texts[:100]
-        st_out = load_sentence_transformer(str(model_dir), device="cpu").encode(check, batch_size=64, convert_to_numpy=True)
-        max_diff = float(np.abs(st_out - trained[: len(check)]).max())
+        for name, p in prepared.items():
+            model_dir = export_student(
+                p["st"],
+                p["top"].dense,
+                out / ("model" if single else f"models/{name}"),
+                prompt=p["prompt"],
+                extra={"teacher": cfg.teacher.model, "teacher_fingerprint": cache_stats["fingerprint"], "langs": cfg.corpus.langs},
+            )
+            check = p["dev_texts"][:100]
+            st_out = load_sentence_transformer(str(model_dir), device="cpu").encode(check, batch_size=64, convert_to_numpy=True)
+            p["export"] = {
+                "path": str(model_dir),
+                "checked": len(check),
+                "max_abs_diff": float(np.abs(st_out - p["trained"][: len(check)]).max()),
+            }
 
+    students = {
+        name: {
+            "model": p["built"]["path"],
+            "built_from": p["built"]["steps"],
+            "params": sum(x.numel() for x in p["st"].parameters())
+            + (sum(x.numel() for x in p["top"].dense.parameters()) if p["top"].dense is not None else 0),
+            "layers": len(p["st"][0].auto_model.encoder.layer),
+            "train_layers": specs_by_name(specs)[name].train_layers,
+            "projection": specs_by_name(specs)[name].projection,
+            "strategy": strategy_label(p["train"]),
+            "loss": p["train"].loss,
+            "history": p["ckpt"]["logs"]["history"],
+            "steps": p["ckpt"]["logs"]["steps"],
+            "dev": p["ckpt"]["logs"]["dev"],
+            "resumed_at": p["ckpt"]["logs"].get("resumed_at", []),
+            "states_cache": p["states_stats"],
+            "export": p["export"],
+        }
+        for name, p in prepared.items()
+    }
     report = {
         "config": cfg.model_dump(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -165,15 +207,37 @@ def run(cfg: RunConfig) -> dict:
             "train_pairs": train.groupby("lang").size().to_dict(),
             "train_english": int(train.en.nunique()),
             "dev_pairs": dev.groupby("lang").size().to_dict(),
-            "student_rows": meta.num_rows,
+            "student_rows": rows.num_rows,
         },
         "teacher_cache": cache_stats,
-        "student_states_cache": states_stats,
-        "train": {"history": ckpt["history"], "train_layers": cfg.student.train_layers, "projection": cfg.student.projection},
+        "students": students,
         "metrics": table,
-        "beats_baselines": beats_baselines(table),
-        "export": {"path": str(model_dir), "checked": len(check), "max_abs_diff": max_diff},
+        "baselines": baselines,
+        "summary": summarize(table),
+        "beats_baselines": {
+            name: beats_baselines(table, model=name, baselines=["teacher", *(b for b in baselines if b.startswith(f"{name}:") or single)])
+            for name in students
+        },
     }
+    for name, s in students.items():
+        write_model_card(s["export"]["path"], model_card_info(report, name))
     write_report(out, report)
     print((out / "report.md").read_text(), flush=True)
     return report
+
+
+def initial_head(student, pooled: np.ndarray, targets: np.ndarray) -> torch.nn.Linear | None:
+    """The Dense head the student starts with (``student.projection``)."""
+    if student.projection == "lstsq":
+        return lstsq_dense(pooled, targets, ridge=student.head_ridge)
+    if student.projection == "random":
+        return torch.nn.Linear(pooled.shape[1], targets.shape[1])
+    return None
+
+
+def specs_by_name(specs) -> dict:
+    return {name: scfg for name, scfg, _ in specs}
+
+
+def strategy_label(t) -> str:
+    return "ddp" if t.strategy == "ddp" else f"deepspeed-zero{t.zero_stage}"

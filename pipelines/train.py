@@ -4,11 +4,13 @@
    sentence: layer-k hidden states (what training starts from) and the frozen student's own
    embedding (the untrained and linear-map baselines).
 2. ``TorchTrainer`` streams those states with their teacher vectors (``get_dataset_shard``) and
-   trains the top layers + Dense head with the Reimers & Gurevych MSE loss.
+   trains the top layers + Dense head with the Reimers & Gurevych MSE loss: DDP or DeepSpeed
+   ZeRO, checkpoints, ``FailureConfig`` restarts. Several students train at once (``fit_all``).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -21,35 +23,37 @@ import torch
 from ray.data.expressions import col
 from ray.train.torch import TorchTrainer
 
-from mdistill.config import RunConfig
+from mdistill.config import StudentConfig, TrainConfig
 from mdistill.pipelines.teacher import fill_cache, pass_stats
 from mdistill.resources import train_worker_resources
 from mdistill.teacher.cache import EmbeddingCache, model_fingerprint, text_key
 from mdistill.teacher.predictor import BottomStatesPredictor
-from mdistill.training.loop import train_loop_per_worker
+from mdistill.training.loop import CKPT_FILE, train_loop_per_worker
 
 
-def frozen_states_pass(cfg: RunConfig, student_path: str, rows: pa.Table, prompt: str, cache_dir: Path, out_dir: Path) -> tuple[Path, dict]:
+def frozen_states_pass(
+    student: StudentConfig, batch_size: int, student_path: str, rows: pa.Table, prompt: str, cache_dir: Path, out_dir: Path
+) -> tuple[Path, dict]:
     """Write ``rows`` + the frozen student's states as Parquet under ``out_dir``.
 
     The states are cached like teacher vectors, keyed by (student fingerprint, text hash): a
     re-run computes only sentences it has not seen.
     """
-    frozen_layers = num_layers(student_path) - cfg.student.train_layers
+    frozen_layers = num_layers(student_path) - student.train_layers
     fingerprint = model_fingerprint(
-        student_path, role="student-bottom", frozen_layers=frozen_layers, max_seq_length=cfg.student.max_seq_length, prompt=prompt
+        student_path, role="student-bottom", frozen_layers=frozen_layers, max_seq_length=student.max_seq_length, prompt=prompt
     )
     cache = EmbeddingCache(cache_dir / "student_states", fingerprint)
     cache.write_meta(
-        model=student_path, kind="student_states", frozen_layers=frozen_layers, max_seq_length=cfg.student.max_seq_length, prompt=prompt
+        model=student_path, kind="student_states", frozen_layers=frozen_layers, max_seq_length=student.max_seq_length, prompt=prompt
     )
     texts = list(dict.fromkeys(rows.column("text").to_pylist()))
     t0 = time.time()
     kwargs = dict(
         model=student_path,
         frozen_layers=frozen_layers,
-        max_seq_length=cfg.student.max_seq_length,
-        batch_size=cfg.eval.batch_size,
+        max_seq_length=student.max_seq_length,
+        batch_size=batch_size,
         prompt=prompt,
     )
     computed = fill_cache(cache, texts, BottomStatesPredictor, kwargs, 512, commit_rows=1024)  # ~50 KB of states a row
@@ -75,42 +79,101 @@ def num_layers(student_path: str) -> int:
 
 
 def train_student(
-    cfg: RunConfig, student_path: str, states_dir: Path, train_rows: int, dense: torch.nn.Linear | None, run_dir: Path
-) -> ray.train.Result:
+    name: str,
+    student: StudentConfig,
+    train: TrainConfig,
+    *,
+    seed: int,
+    student_path: str,
+    states_dir: Path,
+    train_rows: int,
+    dense: torch.nn.Linear | None,
+    run_dir: Path,
+    concurrent: int = 1,
+    max_dev_rows: int = 2000,
+) -> TorchTrainer:
+    """A ``TorchTrainer`` for one student: DDP or DeepSpeed ZeRO, checkpoints, automatic resume.
+
+    ``concurrent`` trainers share the cluster: the workers' CPU share is sized so that all of
+    them plus the Ray Data tasks feeding them fit (on 2 CPUs, wrong sizes hang rather than fail).
+    """
     train_ds = (
         ray.data.read_parquet(str(states_dir), columns=["split", "hidden", "length", "dim", "target"])
         .filter(expr=col("split") == "train")
         .drop_columns(["split"])
     )
+    # The dev sample is small and every rank needs all of it: one object in the object store, not
+    # a dataset that every worker would execute again.
+    dev = pq.read_table(states_dir, columns=["en", "lang", "hidden", "length", "dim", "target"], filters=[("split", "=", "dev")])
+    dev_ref = ray.put(dev.slice(0, max_dev_rows)) if dev.num_rows else None
+    storage = (run_dir / "ray_train").resolve()
     dense_path = None
     if dense is not None:
-        dense_path = run_dir / "dense_init.pt"
+        dense_path = run_dir / f"{name}.dense_init.pt"
         torch.save(dense, dense_path)
-    resources, threads = train_worker_resources(ray.cluster_resources(), cfg.train.workers, cfg.train.use_gpu)
-    t = cfg.train
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=dict(
-            student_path=student_path,
-            dense_path=str(dense_path) if dense_path else None,
-            train_layers=cfg.student.train_layers,
-            dropout=cfg.student.dropout,
-            train_rows=train_rows,  # known to the caller; counting the dataset would read it all once more
-            threads=threads,
-            seed=cfg.seed,
-            epochs=t.epochs,
-            loss=t.loss,
-            batch_size=t.batch_size,
-            lr=t.lr,
-            head_lr=t.head_lr,
-            warmup_ratio=t.warmup_ratio,
-            weight_decay=t.weight_decay,
-            max_grad_norm=t.max_grad_norm,
-            bucket_rows=t.bucket_rows,
-            log_every=t.log_every,
-        ),
-        scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu, resources_per_worker=resources),
-        datasets={"train": train_ds},
-        run_config=ray.train.RunConfig(name="train", storage_path=str((run_dir / "ray_train").resolve())),
+    resources, threads = train_worker_resources(ray.cluster_resources(), train.workers, train.use_gpu, concurrent=concurrent)
+    loop_config = dict(
+        student_path=student_path,
+        dense_path=str(dense_path) if dense_path else None,
+        train_layers=student.train_layers,
+        dropout=student.dropout,
+        train_rows=train_rows,  # known to the caller; counting the dataset would read it all once more
+        threads=threads,
+        seed=seed,
+        **train.model_dump(include=_LOOP_KEYS),
     )
+    fresh_or_resume(storage / name, {**loop_config, "threads": None, "states": _files_identity(states_dir)}, train.resume)
+    loop_config["dev"] = dev_ref
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=train.workers, use_gpu=train.use_gpu, resources_per_worker=resources),
+        datasets={"train": train_ds},
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+_LOOP_KEYS = {
+    "strategy", "zero_stage", "grad_accum", "epochs", "loss", "batch_size", "lr", "head_lr", "warmup_ratio",
+    "weight_decay", "max_grad_norm", "bucket_rows", "log_every", "checkpoint_every", "dev_every",
+}  # fmt: skip
+
+
+def fresh_or_resume(run_path: Path, settings: dict, resume: bool) -> None:
+    """Keep a stopped run's checkpoints for Ray Train to resume from (same name and
+    storage_path) only when its settings were the same; otherwise start afresh."""
+    stamp = run_path / "mdistill_settings.json"
+    wanted = json.dumps(settings, sort_keys=True, default=str)
+    if run_path.exists() and (not resume or not stamp.exists() or stamp.read_text() != wanted):
+        shutil.rmtree(run_path)
+    run_path.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(wanted)
+
+
+def _files_identity(folder: Path) -> list:
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).glob("*.parquet"))
+
+
+@ray.remote(num_cpus=0)
+def _fit(trainer: TorchTrainer) -> ray.train.Result:
     return trainer.fit()
+
+
+def fit_all(trainers: dict[str, TorchTrainer]) -> dict[str, ray.train.Result]:
+    """Run several trainers at once; each ``fit`` runs in its own (CPU-free) Ray task."""
+    if len(trainers) == 1:
+        ((name, trainer),) = trainers.items()
+        return {name: trainer.fit()}
+    refs = {name: _fit.remote(t) for name, t in trainers.items()}
+    return dict(zip(refs, ray.get(list(refs.values()))))
+
+
+def load_trained(result: ray.train.Result) -> dict:
+    """The final checkpoint's weights and training logs."""
+    with result.checkpoint.as_directory() as d:
+        return torch.load(Path(d) / CKPT_FILE, weights_only=False)

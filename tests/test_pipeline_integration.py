@@ -1,5 +1,6 @@
-"""The whole path on real Ray (local, 2 CPUs): fixture corpus -> teacher cache -> frozen pass ->
-Ray Train (2 workers, gloo) -> evaluation -> export -> report; then a warm re-run."""
+"""The whole path on real Ray (local, 2 CPUs): fixture corpus -> teacher cache -> two students
+(one of them layer-pruned) -> frozen passes -> two concurrent Ray Train runs (gloo) -> evaluation
+-> export + model cards -> report; then a warm re-run."""
 
 import json
 
@@ -40,6 +41,9 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
         f"teacher.model={tiny_models['teacher']}",
         f"student.model={tiny_models['student']}",
         "student.train_layers=2",
+        # a 3-layer and a 2-layer (pruned) student, trained at the same time, one worker each
+        "students=[{name: full}, {name: pruned, keep_layers: [0, 2], train_layers: 1, train: {strategy: deepspeed, zero_stage: 2}}]",
+        "train.workers=1",
         "train.epochs=2",
         "train.batch_size=16",
         "train.bucket_rows=64",
@@ -61,30 +65,41 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
     assert pq.read_table(f"{report['corpus_dir']}/quarantine").num_rows == sum(sum(v["rejected"].values()) for v in m.values())
     assert t.groupby("en")["split"].nunique().max() == 1
 
-    # the table: four models per language, all metrics in range
+    # the table: the teacher, and per student the untrained model, the linear map and the student
     for lang in ("de", "fr"):
         row = report["metrics"][lang]
         assert row["n"] > 10
-        for model in ("teacher", "untrained", "linear_map", "student"):
+        for model in ("teacher", "full", "full:untrained", "full:linear_map", "pruned", "pruned:untrained", "pruned:linear_map"):
             assert 0.0 <= row[model]["teacher_space_top1"] <= 1.0
-    assert report["train"]["history"][-1]["epoch"] == 2
+    students = report["students"]
+    assert students["full"]["layers"] == 3 and students["pruned"]["layers"] == 2
+    assert students["pruned"]["params"] < students["full"]["params"]
+    assert students["pruned"]["strategy"] == "deepspeed-zero2" and students["full"]["strategy"] == "ddp"
+    for s in students.values():
+        assert s["history"][-1]["epoch"] == 2 and s["dev"]  # dev metric recorded during training
+    assert set(report["summary"]) >= {"teacher", "full", "pruned"}
     assert report["teacher_cache"]["computed"] == report["teacher_cache"]["distinct_texts"] > 0
 
-    # the exported model loads with sentence-transformers and reproduces our vectors
-    assert report["export"]["max_abs_diff"] < 1e-3
-    st = load_sentence_transformer(report["export"]["path"], device="cpu")
-    assert st.encode(["Hallo Welt"]).shape == (1, 32)
+    # each exported model loads with sentence-transformers, reproduces our vectors, has a card
+    for name in ("full", "pruned"):
+        export = students[name]["export"]
+        assert export["max_abs_diff"] < 1e-3
+        st = load_sentence_transformer(export["path"], device="cpu")
+        assert st.encode(["Hallo Welt"]).shape == (1, 32)
+        assert (tmp_path / "run" / "models" / name / "README.md").exists()
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["metrics"].keys() == report["metrics"].keys()
-    assert "| de |" in (tmp_path / "run" / "report.md").read_text()
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "| de |" in md and "pruned" in md and (tmp_path / "run" / "metrics_by_language.png").exists()
 
-    # warm re-run (with the cosine loss: the caches do not depend on the loss): no teacher or
+    # warm re-run with other losses (the caches do not depend on the loss): no teacher or
     # student-state forward pass for cached sentences
     again = run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"loss": "cosine"})}))
-    assert again["train"]["history"][-1]["loss_fn"] == "CosineLoss" and report["train"]["history"][-1]["loss_fn"] == "MSELoss"
+    assert again["students"]["full"]["history"][-1]["loss_fn"] == "CosineLoss"
+    assert report["students"]["full"]["history"][-1]["loss_fn"] == "MSELoss"
     assert again["corpus_reused"] and not report["corpus_reused"]
     assert again["teacher_cache"]["computed"] == 0
-    assert again["student_states_cache"]["computed"] == 0
+    assert all(s["states_cache"]["computed"] == 0 for s in again["students"].values())
     assert again["teacher_cache"]["cache_hits"] == report["teacher_cache"]["distinct_texts"]
     np.testing.assert_allclose(
         again["metrics"]["de"]["teacher"]["teacher_space_top1"], report["metrics"]["de"]["teacher"]["teacher_space_top1"]

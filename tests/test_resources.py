@@ -23,3 +23,10 @@ def test_train_workers_never_hold_every_cpu():
     res, _ = train_worker_resources({"CPU": 16.0}, workers=2, use_gpu=False)
     assert res["CPU"] * 2 < 16
     assert train_worker_resources({"CPU": 8.0, "GPU": 2.0}, workers=2, use_gpu=True)[0] == {"CPU": 1, "GPU": 1}
+
+
+def test_concurrent_trainers_share_the_cpus_and_leave_room_for_data():
+    res, threads = train_worker_resources({"CPU": 2.0}, workers=2, use_gpu=False, concurrent=2)
+    assert res == {"CPU": 0.25} and threads == 1
+    res, _ = train_worker_resources({"CPU": 2.0}, workers=1, use_gpu=False, concurrent=2)
+    assert res["CPU"] * 2 <= 1

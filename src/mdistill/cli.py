@@ -185,5 +185,205 @@ def cache_gc_cmd(
             typer.echo(f"{'would remove' if dry_run else 'removed'} {p}")
 
 
+@app.command()
+def submit(
+    config: Path = typer.Argument(..., help="YAML config; with job.code=working_dir it must lie inside job.working_dir"),
+    overrides: list[str] | None = typer.Argument(None, help="key.sub=value overrides (passed on to `mdistill run`)"),
+    address: str | None = typer.Option(None, help="Jobs API, e.g. http://127.0.0.1:8265 (default: job.address, $RAY_ADDRESS)"),
+    wait: bool = typer.Option(False, "--wait", help="wait for the job to finish, print its logs, exit 1 unless SUCCEEDED"),
+    submission_id: str | None = typer.Option(None, help="job id to use (a second submission with it is refused)"),
+) -> None:
+    """Submit `mdistill run CONFIG overrides` to a Ray cluster (Jobs API); prints the job id."""
+    cfg = _config(config, overrides)
+    from mdistill import jobs
+
+    address = address or cfg.job.address
+    job_id = jobs.submit_run(
+        config, list(overrides or []), cfg.job, address=address, submission_id=submission_id, metadata={"name": cfg.name}
+    )
+    typer.echo(job_id)
+    if wait:
+        status = jobs.wait(job_id, address, timeout=cfg.job.timeout_s)
+        typer.echo(jobs.job_logs(job_id, address), nl=False)
+        typer.echo(f"job {job_id}: {status}")
+        raise typer.Exit(0 if status == "SUCCEEDED" else 1)
+
+
+jobs_app = typer.Typer(no_args_is_help=True, help="Jobs on a Ray cluster (Jobs API): status, logs, stop, list.")
+app.add_typer(jobs_app, name="jobs")
+_ADDRESS = typer.Option(None, "--address", help="Jobs API, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS or that)")
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: str, address: str | None = _ADDRESS) -> None:
+    """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    from mdistill import jobs
+
+    typer.echo(jobs.job_status(job_id, address))
+
+
+@jobs_app.command("logs")
+def jobs_logs(job_id: str, address: str | None = _ADDRESS) -> None:
+    """The job driver's output so far."""
+    from mdistill import jobs
+
+    typer.echo(jobs.job_logs(job_id, address), nl=False)
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: str, address: str | None = _ADDRESS) -> None:
+    """Ask the cluster to stop a job."""
+    from mdistill import jobs
+
+    typer.echo(f"stop requested: {jobs.stop_job(job_id, address)}")
+
+
+@jobs_app.command("list")
+def jobs_list(address: str | None = _ADDRESS) -> None:
+    """Every job the cluster knows: id, status, entrypoint."""
+    from mdistill import jobs
+
+    for j in jobs.list_jobs(address):
+        typer.echo(f"{j.submission_id or j.job_id}  {j.status.value:9s}  {j.entrypoint}")
+
+
+@app.command()
+def schedule(
+    config: Path = typer.Argument(..., help="YAML config with a schedule: section (cron or interval_s)"),
+    overrides: list[str] | None = typer.Argument(None, help="key.sub=value overrides (also passed on to each run)"),
+    once: bool = typer.Option(False, "--once", help="one tick, follow its run to the end, exit (what a CronJob calls)"),
+    force: bool = typer.Option(False, "--force", help="submit a run even if nothing changed / nothing is due"),
+    state_dir: Path | None = typer.Option(None, help="scheduler state (default: schedule.state_dir)"),
+) -> None:
+    """Periodic re-distillation: when the corpus, teacher or settings changed, submit a run,
+    then register its student with the registry's gate (promoted only if it is better)."""
+    cfg = _config(config, overrides)
+    if cfg.schedule is None:
+        typer.echo("error: the config has no schedule: section (schedule.cron or schedule.interval_s)", err=True)
+        raise typer.Exit(2)
+    from mdistill.pipelines.redistill import Scheduler
+
+    sched = Scheduler(cfg, config, list(overrides or []), state_dir=state_dir, log=typer.echo)
+    if once:
+        result = sched.run_once(force=force)
+        typer.echo(json.dumps(result))
+        final = result.get("final") or {}
+        raise typer.Exit(1 if final.get("status") == "failed" and result["action"] != "unchanged" else 0)
+    if force:
+        sched.tick(force=True)
+    sched.run_forever()
+
+
+@app.command("eval")
+def eval_cmd(
+    model: list[str] = typer.Option(..., "--model", help="sentence-transformers model: packaged name, local path or HF id (repeatable)"),
+    data: Path = typer.Option(..., help="pairs (en, lang, text): .parquet/.tsv/.csv/.jsonl, or a corpus folder (its pairs/, split test)"),
+    teacher: str | None = typer.Option(
+        None, help="teacher (a baseline in the table; its English vectors are the index); default: the config's"
+    ),
+    out: Path | None = typer.Option(None, help="write eval.json, eval.md, eval_metrics.png here"),
+    langs: str | None = typer.Option(None, help="comma-separated languages (default: all in the data)"),
+    split: str | None = typer.Option(None, help="with a split column: which split (default: test)"),
+    sts: Path | None = typer.Option(None, help="STS file with columns s1, s2, score: Spearman of cosine"),
+    max_per_lang: int | None = typer.Option(None, help="at most this many pairs per language"),
+    batch_size: int = typer.Option(64),
+) -> None:
+    """Evaluate any sentence-transformers models (and the teacher, as a baseline) per language:
+    teacher-space top-1, translation top-1 both ways, MSE×100, bitext mining F1, optional STS."""
+    from mdistill.pipelines.evaluate import eval_markdown, evaluate_files
+
+    cfg = load_config(None)
+    result = evaluate_files(
+        model,
+        data,
+        teacher=teacher or cfg.teacher.model,
+        out=out,
+        langs=langs.split(",") if langs else None,
+        split=split,
+        sts=sts,
+        batch_size=batch_size,
+        max_per_lang=max_per_lang,
+        cache_dir=cfg.cache_path,
+    )
+    typer.echo(eval_markdown(result))
+    if out:
+        typer.echo(f"written: {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval_metrics.png'}")
+
+
+models_app = typer.Typer(no_args_is_help=True, help="The versioned model registry: <root>/<name>/<version>/ with a `latest` alias.")
+app.add_typer(models_app, name="models")
+ROOT_HELP = "registry root (default: the config's registry.root, 'models')"
+
+
+def _registry(root: Path | None):
+    from mdistill.registry import ModelRegistry
+
+    return ModelRegistry(root or load_config(None).registry.root)
+
+
+def _key_value(entry: dict) -> str:
+    v = entry.get("metrics", {}).get(entry.get("key_metric"))
+    return f"{entry.get('key_metric')} {v:.4f}" if isinstance(v, float) else f"{entry.get('key_metric')} {v}"
+
+
+@models_app.command("list")
+def models_list(root: Path | None = typer.Option(None, help=ROOT_HELP)) -> None:
+    """Every model name and its versions (* = latest)."""
+    reg = _registry(root)
+    for name in reg.names():
+        for e in reg.versions(name):
+            typer.echo(
+                f"{'*' if e['latest'] else ' '} {name:24s} {e['version']}  {e['created']}  {_key_value(e)}  "
+                f"{'promoted' if e['promoted'] else 'not promoted: ' + e.get('gate', {}).get('reason', '')}"
+            )
+
+
+@models_app.command("show")
+def models_show(
+    name: str = typer.Argument(...), version: str | None = typer.Argument(None), root: Path | None = typer.Option(None, help=ROOT_HELP)
+) -> None:
+    """One version's entry as JSON (default: the latest)."""
+    try:
+        typer.echo(json.dumps(_registry(root).show(name, version), indent=2))
+    except KeyError as e:
+        typer.echo(f"error: {e.args[0]}", err=True)
+        raise typer.Exit(1) from None
+
+
+@models_app.command("promote")
+def models_promote(
+    name: str = typer.Argument(...),
+    version: str = typer.Argument(...),
+    force: bool = typer.Option(False, help="skip the gate"),
+    tolerance: float | None = typer.Option(None, help="gate tolerance (default: the config's registry.tolerance)"),
+    root: Path | None = typer.Option(None, help=ROOT_HELP),
+) -> None:
+    """Make VERSION the latest, if its key metric passes the gate against the current latest (or --force)."""
+    tol = load_config(None).registry.tolerance if tolerance is None else tolerance
+    r = _registry(root).promote(name, version, force=force, tolerance=tol)
+    typer.echo(f"{name} {version}: {'promoted' if r['promoted'] else 'NOT promoted'} ({r['reason']})")
+    raise typer.Exit(0 if r["promoted"] else 1)
+
+
+@models_app.command("register")
+def models_register(
+    run_dir: Path = typer.Argument(..., help="a finished run folder (report.json, model/)"),
+    name: str | None = typer.Option(None, help="registry name (default: registry.name, else the run's name)"),
+    student: str | None = typer.Option(None, help="which student of the run (default: the first)"),
+    config: Path | None = typer.Option(None, help="YAML config whose registry: section to use"),
+    overrides: list[str] | None = typer.Argument(None, help="key.sub=value overrides, e.g. registry.tolerance=0.01"),
+) -> None:
+    """Register a run's exported student as a new version; it becomes latest only if it passes the gate."""
+    from mdistill.registry import register_run
+
+    cfg = _config(config, overrides).registry
+    if name:
+        cfg = cfg.model_copy(update={"name": name})
+    r = register_run(run_dir, cfg, student)
+    typer.echo(
+        f"registered {r['name']} {r['version']} at {r['path']}: {'promoted to latest' if r['promoted'] else 'NOT promoted'} ({r['reason']})"
+    )
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

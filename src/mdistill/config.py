@@ -118,12 +118,28 @@ class StudentConfig(_Strict):
     projection: Literal["lstsq", "random", "none"] = "lstsq"  # Dense head; lstsq starts at the linear-map baseline
     head_ridge: float = Field(1e-3, ge=0)  # L2 of the lstsq head init (relative); 0 = the baseline's pure least squares
     dropout: float = Field(0.0, ge=0, lt=1)  # in the trained layers
+    keep_layers: list[int] | None = None  # layer pruning: build the student from these 0-based layers of `model`
+    trim_vocab: bool = False  # keep only the tokenizer pieces the training corpus uses (outputs unchanged)
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _keep(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or len(set(v)) != len(v) or min(v) < 0):
+            raise ValueError("keep_layers must list distinct, non-negative layer indices")
+        return v
 
 
 class TrainConfig(_Strict):
     loss: Literal["mse", "cosine"] = "mse"  # embedding distillation loss (mdistill.losses)
     workers: int = Field(2, ge=1)
-    use_gpu: bool = False
+    use_gpu: bool = False  # one GPU per worker, nccl, bf16
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    zero_stage: Literal[0, 1, 2, 3] = 2  # deepspeed only: 1 shards optimizer states, 2 + gradients, 3 + parameters
+    grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
+    checkpoint_every: int | None = Field(None, ge=1)  # optimizer steps between checkpoints (None: each epoch end)
+    max_failures: int = Field(2, ge=0)  # worker failures survived by restarting from the last checkpoint
+    resume: bool = True  # a re-run with the same output dir and training settings continues from its last checkpoint
+    dev_every: int | None = Field(None, ge=1)  # steps between dev evaluations during training (None: each epoch end)
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=1)  # per worker
     lr: float = Field(3e-4, gt=0)
@@ -135,9 +151,83 @@ class TrainConfig(_Strict):
     log_every: int = Field(20, ge=1)
 
 
+class StudentSpec(StudentConfig):
+    """One of several students: a `student:` section with a name and `train:` overrides."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    train: dict = {}  # keys of the `train:` section, e.g. {loss: cosine, lr: 1e-4}
+
+
 class EvalConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     max_dev_per_lang: int | None = Field(None, ge=2)
+
+
+class RegistryConfig(_Strict):
+    """Where ``mdistill models register`` / the scheduler put exported students, and the promotion gate."""
+
+    root: str = "models"  # <root>/<name>/<version>/ with a `latest` alias
+    name: str | None = None  # None: the run's name
+    key_metric: str = "teacher_space_top1"  # mean over languages, from the report's summary
+    mode: Literal["max", "min"] = "max"
+    tolerance: float = Field(0.005, ge=0)  # promote iff candidate >= current - tolerance (max)
+
+
+# Ray's working_dir upload is capped (512 MiB) and .gitignore'd paths are skipped anyway; these
+# keep a checkout without a .gitignore (or with big local caches) under the cap.
+DEFAULT_EXCLUDES = [".venv", "venv", "runs", ".git", "**/__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info", "build", "dist"]
+
+
+class JobConfig(_Strict):
+    """How ``mdistill submit`` / ``mdistill schedule`` hand a run to a Ray cluster's Jobs API."""
+
+    address: str | None = None  # Jobs API, e.g. http://127.0.0.1:8265; None: $RAY_API_SERVER_ADDRESS / $RAY_ADDRESS
+    # working_dir: upload `working_dir` (configs/ and any local code) with the job; the cluster
+    # image must still have mdistill installed. installed: upload nothing; the config path must
+    # exist on the cluster (e.g. baked into the image).
+    code: Literal["working_dir", "installed"] = "working_dir"
+    working_dir: str = "."
+    excludes: list[str] = DEFAULT_EXCLUDES
+    pip: list[str] = []  # extra packages installed for the job (runtime_env pip)
+    py_modules: list[str] = []  # local packages shipped with the job (runtime_env py_modules)
+    # Never secrets here: runtime_env is stored in the cluster's job table and shown by the dashboard.
+    env_vars: dict[str, str] = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    driver_threads: int | None = Field(None, ge=1)  # OMP_NUM_THREADS of the driver (Ray gives it 1); None: entrypoint_num_cpus
+    entrypoint_num_cpus: float = Field(0, ge=0)  # reserved for the driver; CPUs held here are lost to the pipeline's tasks
+    entrypoint_num_gpus: float = Field(0, ge=0)
+    entrypoint_memory: int = Field(0, ge=0)  # bytes
+    timeout_s: float = Field(6 * 3600, gt=0)  # `--wait` and the scheduler give up on a job after this long
+
+
+class ScheduleConfig(_Strict):
+    """Periodic re-distillation (``mdistill schedule``): on each tick, fingerprint the corpus and
+    the teacher, submit a run when something changed, and register the student with the gate."""
+
+    cron: str | None = None  # 5-field cron, UTC, e.g. "0 3 * * *"
+    interval_s: float | None = Field(None, gt=0)
+    state_dir: str = "runs/{name}/schedule"  # state.json (runs, fingerprints, job ids, outcomes), local job logs
+    runs_dir: str = "runs/{name}"  # each scheduled run writes to <runs_dir>/<run_id>; must be shared with the cluster
+    address: str | None = None  # Jobs API of the cluster (default: job.address); None and no job.address: local subprocesses
+    max_retries: int = Field(2, ge=0)  # re-submissions of a failed job
+    retry_backoff_s: float = Field(300, ge=0)  # doubled after each failed attempt
+    poll_s: float = Field(30, gt=0)
+    force: bool = False  # submit on every tick even when nothing changed
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(v):
+                raise ValueError(f"not a valid cron expression: {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> ScheduleConfig:
+        if (self.cron is None) == (self.interval_s is None):
+            raise ValueError("set exactly one of cron and interval_s")
+        return self
 
 
 class RunConfig(_Strict):
@@ -150,7 +240,39 @@ class RunConfig(_Strict):
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
     train: TrainConfig = TrainConfig()
+    # Several students trained concurrently over the same teacher cache. Each entry overrides
+    # keys of the `student:` section, plus a `name` and `train` (overrides of `train:`); empty:
+    # the one `student:` above, named "student".
+    students: list[StudentSpec] = []
     eval: EvalConfig = EvalConfig()
+    registry: RegistryConfig = RegistryConfig()  # mdistill models / the re-distillation gate
+    job: JobConfig = JobConfig()  # mdistill submit / schedule: how the run goes to a Ray cluster
+    schedule: ScheduleConfig | None = None  # mdistill schedule: periodic re-distillation
+
+    @model_validator(mode="after")
+    def _students(self) -> RunConfig:
+        names = [s.name for s in self.students]
+        if len(set(names)) != len(names):
+            raise ValueError(f"students: names must be unique, got {names}")
+        for spec in self.students:
+            try:
+                TrainConfig.model_validate(self.train.model_dump() | spec.train)
+            except ValidationError as e:
+                raise ValueError(f"students[{spec.name}].train: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+        return self
+
+    def student_specs(self) -> list[tuple[str, StudentConfig, TrainConfig]]:
+        """(name, student, train) per student to train, with the `train:` overrides applied."""
+        if not self.students:
+            return [("student", self.student, self.train)]
+        return [
+            (
+                s.name,
+                StudentConfig.model_validate(self.student.model_dump() | s.model_dump(exclude_unset=True, exclude={"name", "train"})),
+                TrainConfig.model_validate(self.train.model_dump() | s.train),
+            )
+            for s in self.students
+        ]
 
     @property
     def cache_path(self) -> Path:

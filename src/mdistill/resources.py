@@ -32,12 +32,14 @@ def inference_plan(resources: dict, max_actors: int | None = None) -> ActorPlan:
     return ActorPlan(size=size, num_cpus=2, num_gpus=0, threads=2)
 
 
-def train_worker_resources(resources: dict, workers: int, use_gpu: bool) -> tuple[dict, int]:
-    """CPU per worker (leaving room for the data tasks) and torch threads per worker."""
-    if use_gpu:
+def train_worker_resources(resources: dict, workers: int, use_gpu: bool, concurrent: int = 1) -> tuple[dict, int]:
+    """CPU per worker (leaving room for the data tasks) and torch threads per worker, for
+    ``concurrent`` trainers of ``workers`` workers each sharing the cluster."""
+    if use_gpu:  # one GPU per worker; concurrent trainers queue for GPUs rather than share one
         return {"CPU": 1, "GPU": 1}, 4
+    n = workers * concurrent
     cpus = float(resources.get("CPU", 1))
-    per = max(0.25, min(cpus / workers, (cpus - 1) / workers)) if cpus > 1 else 0.5 / workers
-    per = round(min(per, cpus / workers), 2)
-    threads = max(1, int(cpus // workers))
+    per = max(0.1, min(cpus / n, (cpus - 1) / n)) if cpus > 1 else 0.5 / n
+    per = round(min(per, cpus / n), 2)
+    threads = max(1, int(cpus // n))
     return {"CPU": per}, threads

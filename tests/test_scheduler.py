@@ -1,0 +1,296 @@
+"""Periodic re-distillation (pipelines/redistill.py) with a controllable clock and real local
+subprocesses (LocalProcessBackend) running tests/fake_distill.py, a cheap stand-in for `mdistill
+run` that writes a run directory (exported tiny model + report.json with a chosen metric). No Ray.
+
+Covered: ticks without changes submit nothing; a corpus change submits exactly one job; a restart
+after a submission (also a crash between "intent recorded" and "submitted") submits nothing again;
+a failed job is recorded and retried per policy; a worse student is registered, not promoted; a
+tick missed while the scheduler was down runs once on restart."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from mdistill.config import ScheduleConfig, load_config
+from mdistill.pipelines.redistill import Scheduler
+from mdistill.registry import ModelRegistry
+from mdistill.scheduler import LocalProcessBackend, due_fire
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_RUN = REPO / "tests" / "fake_distill.py"
+HOUR = 3600.0
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+
+
+class FakeClock:
+    """Scheduler time is ours; the local jobs run in real time, so sleep() also waits a little."""
+
+    def __init__(self, t: float = T0):
+        self.t = t
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        time.sleep(0.05)
+
+
+class Crash(BaseException):
+    """A process dying mid-tick (BaseException: nothing in the scheduler catches it)."""
+
+
+class Env:
+    """A config (TSV corpus, tiny teacher, hourly schedule) and the knobs of the fake runs."""
+
+    def __init__(self, tmp: Path, tiny_models: dict[str, Path], pairs, **schedule):
+        self.tmp, self.student = tmp, tiny_models["student"]
+        self.tsv = tmp / "corpus.de.tsv"
+        self.tsv.write_text("".join(f"{en}\t{de}\n" for en, de in zip(pairs.en[:50], pairs.text[:50])))
+        sched = {"interval_s": HOUR, "max_retries": 2, "retry_backoff_s": 60, "poll_s": 5} | schedule
+        self.cfg = load_config(
+            None,
+            [
+                "name=tiny",
+                f"corpus.sources=[{{format: tsv, paths: [{self.tsv}], lang: de}}]",
+                "corpus.langs=[de]",
+                f"teacher.model={tiny_models['teacher']}",
+                f"cache_dir={tmp / 'cache'}",
+                f"registry.root={tmp / 'models'}",
+                "registry.tolerance=0.0",
+                *[f"schedule.{k}={v}" for k, v in sched.items()],
+                f"schedule.state_dir={tmp / 'state'}",
+                f"schedule.runs_dir={tmp / 'runs'}",
+            ],
+        )
+        self.clock = FakeClock()
+        self.metric = 0.5
+        self.fail_next = 0  # this many submissions run a command that exits 3
+
+    def entrypoint(self, run_id: str, run_dir: Path) -> str:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return f"echo 'simulated failure of {run_id}'; exit 3"
+        return shlex.join([sys.executable, str(FAKE_RUN), str(self.student), str(run_dir), str(self.metric), "tiny"])
+
+    def backend(self) -> LocalProcessBackend:
+        return LocalProcessBackend(self.tmp / "state" / "jobs", cwd=REPO)
+
+    def scheduler(self, backend=None) -> Scheduler:
+        """A new scheduler object on the same state dir: what a restart gives."""
+        return Scheduler(
+            self.cfg,
+            REPO / "configs" / "tiny.yaml",
+            backend=backend or self.backend(),
+            clock=self.clock,
+            make_entrypoint=self.entrypoint,
+            log=print,
+        )
+
+    def jobs(self) -> list[str]:
+        d = self.tmp / "state" / "jobs"
+        return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+    def change_corpus(self) -> None:
+        with self.tsv.open("a") as f:
+            f.write("A brand new sentence for the corpus\tEin ganz neuer Satz für das Korpus\n")
+
+
+@pytest.fixture
+def env(tmp_path, tiny_models, pairs) -> Env:
+    return Env(tmp_path, tiny_models, pairs)
+
+
+def follow(s: Scheduler) -> dict:
+    """Tick (no new runs) until the current run is finished."""
+    for _ in range(400):
+        run = s.state()["runs"][-1]
+        if run["status"] in ("done", "failed"):
+            return run
+        s.clock.sleep(s.schedule.poll_s)
+        s.tick(new_runs=False)
+    raise AssertionError(f"run did not finish: {run}")
+
+
+def test_ticks_without_changes_submit_nothing_and_a_change_submits_one(env):
+    s = env.scheduler()
+    assert s.tick()["action"] == "submitted"  # first start: the baseline run
+    assert follow(s)["outcome"] == "promoted"
+    assert len(env.jobs()) == 1
+
+    for _ in range(2):  # two scheduled ticks, nothing changed
+        env.clock.t += HOUR
+        assert s.tick()["action"] == "unchanged"
+    assert len(env.jobs()) == 1
+    assert s.tick()["action"] == "idle"  # between schedule times nothing is even fingerprinted
+
+    env.change_corpus()
+    env.clock.t += HOUR
+    ev = s.tick()
+    assert ev["action"] == "submitted" and "corpus" in ev["reason"] and "teacher" not in ev["reason"]
+    assert len(env.jobs()) == 1 + 1
+    follow(s)
+    env.clock.t += HOUR
+    assert s.tick()["action"] == "unchanged"  # the change is now the baseline
+    assert len(env.jobs()) == 2
+    assert [r["status"] for r in s.state()["runs"]] == ["done", "done"]
+
+
+def test_restart_after_submission_does_not_submit_again(env):
+    s = env.scheduler()
+    assert s.tick()["action"] == "submitted"
+    # restart while the job may still run: the new scheduler follows it, submits nothing
+    s2 = env.scheduler()
+    assert s2.tick()["action"] in ("waiting", "unchanged", "idle")
+    run = follow(s2)
+    assert run["status"] == "done" and len(env.jobs()) == 1
+    assert s2.tick()["action"] == "idle"
+    assert len(env.jobs()) == 1
+
+
+def test_crash_after_submit_before_recording_it(env):
+    """The job reached the backend but the "submitted" write never happened."""
+    backend = env.backend()
+    real_submit = backend.submit
+
+    def submit_then_die(*a, **k):
+        real_submit(*a, **k)
+        raise Crash
+
+    backend.submit = submit_then_die
+    with pytest.raises(Crash):
+        env.scheduler(backend).tick()
+    assert env.scheduler().state()["runs"][-1]["status"] == "intent"
+
+    s = env.scheduler()  # restart
+    s.tick()
+    run = follow(s)
+    assert run["status"] == "done" and run["attempt"] == 1
+    assert env.jobs() == [run["submission_id"]]  # exactly one job, under the recorded id
+
+
+def test_crash_after_intent_before_submit(env):
+    """The intent was recorded, the process died before the backend saw the job."""
+    backend = env.backend()
+
+    def die(*a, **k):
+        raise Crash
+
+    backend.submit = die
+    with pytest.raises(Crash):
+        env.scheduler(backend).tick()
+    assert env.jobs() == []
+    intent = env.scheduler().state()["runs"][-1]
+    assert intent["status"] == "intent"
+
+    s = env.scheduler()  # restart: the intent is submitted under its id, once
+    s.tick()
+    run = follow(s)
+    assert run["status"] == "done" and env.jobs() == [intent["submission_id"]]
+    s.tick()
+    assert len(env.jobs()) == 1
+
+
+def test_failed_job_is_recorded_and_retried_per_policy(tmp_path, tiny_models, pairs):
+    env = Env(tmp_path, tiny_models, pairs, max_retries=1, retry_backoff_s=600)
+    env.fail_next = 5  # every attempt fails
+    s = env.scheduler()
+    assert s.tick()["action"] == "submitted"
+    while s.state()["runs"][-1]["status"] == "submitted":
+        env.clock.sleep(1)
+        s.tick()
+    run = s.state()["runs"][-1]
+    assert run["status"] == "retry_wait" and run["attempts"][0]["status"] == "FAILED"
+    assert run["retry_at"] == pytest.approx(run["attempts"][0]["finished_at"] + 600)
+
+    env.clock.t += 60
+    assert s.tick()["action"] == "retry_pending"  # backoff not over: nothing submitted
+    assert len(env.jobs()) == 1
+    env.clock.t = run["retry_at"]
+    assert s.tick()["action"] == "retried"
+    run = follow(s)
+    assert run["status"] == "failed"  # 1 retry allowed: 2 attempts, then given up
+    assert [a["status"] for a in run["attempts"]] == ["FAILED", "FAILED"]
+    assert env.jobs() == [f"mdistill-{run['run_id']}-a1", f"mdistill-{run['run_id']}-a2"]
+    assert "simulated failure" in s.backend.logs(run["submission_id"])
+
+    # nothing changed since the failed run: the next tick does not resubmit it...
+    env.clock.t += HOUR
+    assert s.tick()["action"] == "unchanged" and len(env.jobs()) == 2
+    # ...and a retry that succeeds ends the run well
+    env.fail_next = 1
+    env.clock.t += HOUR
+    assert s.run_once(force=True)["final"]["status"] == "done"
+    assert [a["status"] for a in s.state()["runs"][-1]["attempts"]] == ["FAILED", "SUCCEEDED"]
+
+
+def test_worse_student_is_registered_but_not_promoted(env):
+    s = env.scheduler()
+    reg = ModelRegistry(env.tmp / "models")
+    env.metric = 0.80
+    assert s.run_once()["final"]["outcome"] == "promoted"
+    env.metric = 0.50  # worse
+    env.clock.t += HOUR
+    assert s.run_once(force=True)["final"]["outcome"] == "not_promoted"
+    assert [v["version"] for v in reg.versions("tiny")] == ["v0001", "v0002"]  # registered...
+    assert reg.latest("tiny")["version"] == "v0001"  # ...not served
+    env.metric = 0.90  # better
+    env.clock.t += HOUR
+    assert s.run_once(force=True)["final"]["outcome"] == "promoted"
+    assert reg.latest("tiny")["version"] == "v0003"
+    assert s.state()["runs"][1]["registry"]["promoted"] is False
+
+
+def test_missed_ticks_run_once_on_restart(env):
+    s = env.scheduler()
+    s.tick()
+    follow(s)
+    first_fire = s.state()["last_fire"]
+    # the scheduler is down for 5.5 hours; meanwhile the corpus changes
+    env.change_corpus()
+    env.clock.t += 5.5 * HOUR
+    s2 = env.scheduler()
+    assert s2.tick()["action"] == "submitted"  # the missed ticks: one run, not lost
+    assert s2.state()["last_fire"] == first_fire + 5 * HOUR
+    follow(s2)
+    assert s2.tick()["action"] == "idle"  # and not five runs
+    assert len(env.jobs()) == 2
+
+
+def test_default_entrypoint_runs_mdistill_with_its_own_output_dir(env):
+    s = Scheduler(env.cfg, REPO / "configs" / "tiny.yaml", ["train.epochs=1"], backend=env.backend(), clock=env.clock)
+    cmd = s.run_entrypoint("tiny-0001-x", env.tmp / "runs" / "tiny-0001-x")
+    assert shlex.split(cmd) == ["mdistill", "run", "configs/tiny.yaml", "train.epochs=1", f"output_dir={env.tmp / 'runs' / 'tiny-0001-x'}"]
+
+
+def test_due_fire_cron_collapses_missed_times():
+    sched = ScheduleConfig(cron="0 * * * *")
+    assert due_fire(sched, None, T0 + 10) == T0 + 10  # first start
+    assert due_fire(sched, T0, T0 + 0.5 * HOUR) is None
+    assert due_fire(sched, T0, T0 + HOUR) == T0 + HOUR  # exactly on time
+    assert due_fire(sched, T0, T0 + 5.5 * HOUR) == T0 + 5 * HOUR  # five missed: one, the latest
+    interval = ScheduleConfig(interval_s=HOUR)
+    assert due_fire(interval, T0, T0 + 5.5 * HOUR) == T0 + 5 * HOUR
+
+
+def test_state_survives_and_lock_excludes_a_second_scheduler(env):
+    s = env.scheduler()
+    with s.store.lock(), pytest.raises(RuntimeError, match="another scheduler"):
+        env.scheduler().tick()
+    assert not (env.tmp / "state" / "state.json").exists() or os.path.getsize(env.tmp / "state" / "state.json") > 0
+
+
+def test_schedule_command_needs_a_schedule_section():
+    from typer.testing import CliRunner
+
+    from mdistill.cli import app
+
+    r = CliRunner().invoke(app, ["schedule", str(REPO / "configs" / "tiny.yaml"), "--once"])
+    assert r.exit_code == 2 and "schedule" in r.output

@@ -1,0 +1,238 @@
+"""`mdistill submit` against a real Ray head (`ray start --head` on 127.0.0.1, token auth on):
+a tiny distillation (tiny random-init models, the small real corpus fixture) runs as a Ray job,
+finishes SUCCEEDED, its logs hold the run's report, and the head is stopped (only its own
+processes: `ray stop` would end every Ray process of the user on this host)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _own_processes(temp_dir: str, sid: int) -> list:
+    """The head's processes: those in the session `ray start` ran in, those naming our temp dir
+    on their command line (workers name the session dir), and all their children."""
+    import psutil
+
+    found = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getsid(p.pid) == sid or temp_dir in " ".join(p.info["cmdline"] or []):
+                found[p.pid] = p
+        except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+            continue
+    for p in list(found.values()):
+        try:
+            for c in p.children(recursive=True):
+                found[c.pid] = c
+        except psutil.NoSuchProcess:
+            continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def stop_head(temp_dir: str, sid: int) -> None:
+    import psutil
+
+    procs = _own_processes(temp_dir, sid)
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head of our own: own temp dir (short: Ray's unix socket paths are length-limited),
+    own ports, token auth with a fresh token, dashboard/Jobs API on 127.0.0.1 only."""
+    temp_dir = tempfile.mkdtemp(prefix="mdray", dir="/tmp")
+    token = secrets.token_hex(16)
+    dash = free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # the job's `mdistill` is the venv's
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "HF_HUB_OFFLINE": "1",
+    }
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--num-cpus=2",
+        f"--temp-dir={temp_dir}",
+        f"--port={free_port()}",
+        f"--dashboard-port={dash}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        "--disable-usage-stats",
+    ]
+    # its own session: everything it spawns can be found (and ended) by session id
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    sid = proc.pid
+    try:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        yield {"address": f"http://127.0.0.1:{dash}", "dashboard_port": dash, "token": token, "temp_dir": temp_dir}
+    finally:
+        stop_head(temp_dir, sid)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _listen_addresses(port: int) -> set[str]:
+    import psutil
+
+    return {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_submit_tiny_distillation(tmp_path, ray_head, tiny_models, pairs, monkeypatch):
+    address = ray_head["address"]
+    # security defaults: the Jobs API is on loopback only, and refuses a request without the token
+    assert _listen_addresses(ray_head["dashboard_port"]) == {"127.0.0.1"}
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{address}/api/jobs/", timeout=10)
+    assert refused.value.code in (401, 403)
+
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pa.Table.from_pylist(pairs.to_dict("records")), corpus)
+    out = tmp_path / "run"
+    overrides = [
+        f"corpus.sources=[{{format: parquet, paths: [{corpus}]}}]",
+        "corpus.langs=[de, fr]",
+        "corpus.dev_fraction=0.25",
+        "corpus.train_fraction=1.0",
+        f"teacher.model={tiny_models['teacher']}",
+        f"student.model={tiny_models['student']}",
+        "student.train_layers=2",
+        "train.epochs=1",
+        "train.batch_size=16",
+        "train.bucket_rows=64",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"output_dir={out}",
+    ]
+    # the client gets the token the way a user's shell would: RAY_AUTH_TOKEN (no RAY_AUTH_MODE needed)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_TOKEN=ray_head["token"], HF_HUB_OFFLINE="1")
+    mdistill = str(Path(sys.executable).parent / "mdistill")
+
+    t0 = time.time()
+    sub = subprocess.run(
+        [mdistill, "submit", "configs/tiny.yaml", *overrides, "--address", address],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert sub.returncode == 0, sub.stderr[-3000:]
+    job_id = sub.stdout.strip().splitlines()[-1]
+    assert job_id.startswith("raysubmit_")
+
+    def cli(*args: str) -> str:
+        r = subprocess.run([mdistill, "jobs", *args, "--address", address], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout
+
+    status = cli("status", job_id).strip()
+    while status in ("PENDING", "RUNNING") and time.time() - t0 < 780:
+        time.sleep(5)
+        status = cli("status", job_id).strip()
+    logs = cli("logs", job_id)
+    print(f"job {job_id}: {status} after {time.time() - t0:.0f} s")
+    assert status == "SUCCEEDED", logs[-5000:]
+
+    # the logs hold the run's progress lines and its report table; the report and model exist
+    assert "[mdistill]" in logs  # the pipeline's progress lines
+    assert "| de |" in logs  # report.md, printed at the end of the run
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "report.md").exists()
+    assert job_id in cli("list")
+    export_paths = [report["export"]["path"]] if "export" in report else [s["export"]["path"] for s in report["students"].values()]
+    assert all(Path(p, "modules.json").exists() for p in export_paths)
+
+    # the scheduler's Ray backend on the same head: an unknown id is None (never submitted), and an
+    # id that exists is refused, which is what makes a restarted scheduler's re-submission safe
+    from mdistill.config import JobConfig
+    from mdistill.scheduler import RayJobsBackend
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_head["token"])
+    backend = RayJobsBackend(JobConfig(code="installed"), address)
+    assert backend.status(job_id) == "SUCCEEDED"
+    assert backend.status("mdistill-never-submitted") is None
+    with pytest.raises(RuntimeError, match="already"):
+        backend.submit(job_id, "true", {})
+
+
+# -- the pieces of a submission, without a cluster ---------------------------------------------
+
+
+def test_auth_token_lookup_order(tmp_path, monkeypatch):
+    from mdistill import jobs
+
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert jobs.auth_token() is None
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    assert jobs.auth_token() == "from-home"
+    (tmp_path / "tok").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
+    assert jobs.auth_token() == "from-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert jobs.auth_token() == "from-env"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert jobs.auth_token() is None
+
+
+def test_entrypoint_and_runtime_env():
+    from mdistill import jobs
+    from mdistill.config import load_config
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml", ["job.entrypoint_num_cpus=2", "job.working_dir=" + str(REPO)])
+    config = jobs.config_for_job(REPO / "configs" / "tiny.yaml", cfg.job)
+    assert config == "configs/tiny.yaml"
+    cmd = jobs.run_entrypoint(config, ["corpus.langs=[de, fr]"], cfg.job)
+    assert cmd == "OMP_NUM_THREADS=2 mdistill run configs/tiny.yaml 'corpus.langs=[de, fr]'"
+    env = jobs.runtime_env(cfg.job)
+    assert env["working_dir"] == str(REPO) and ".venv" in env["excludes"] and "runs" in env["excludes"]
+    assert env["env_vars"]["HF_HUB_OFFLINE"] == "1" and env["env_vars"]["RAY_OVERRIDE_JOB_RUNTIME_ENV"] == "1"
+    with pytest.raises(ValueError, match="outside job.working_dir"):
+        jobs.config_for_job("/etc/some.yaml", cfg.job)
+    installed = cfg.job.model_copy(update={"code": "installed"})
+    assert jobs.config_for_job("/app/configs/default.yaml", installed) == "/app/configs/default.yaml"
+    assert "working_dir" not in jobs.runtime_env(installed)

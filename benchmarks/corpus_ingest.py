@@ -18,11 +18,10 @@ import argparse
 import json
 import os
 import random
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
+
+from memory import run_child  # benchmarks/memory.py (run from the repo root: python benchmarks/...)
 
 WORDS_EN = [
     "the",
@@ -193,50 +192,9 @@ def run_pandas(tsv: Path) -> dict:
     }
 
 
-def _sample_tree(pid: int, stop: threading.Event, out: dict) -> None:
-    import psutil
-
-    root = psutil.Process(pid)
-    while not stop.is_set():
-        try:
-            procs = [root, *root.children(recursive=True)]
-            mems = []
-            for p in procs:
-                try:
-                    mems.append(p.memory_full_info())
-                except psutil.Error:  # a worker that just exited
-                    pass
-            peaks = {
-                "tree_rss_peak_mb": sum(m.rss for m in mems),  # counts shared pages (object store) in every process
-                "tree_uss_peak_mb": sum(m.uss for m in mems),  # memory unique to each process: what the run adds
-                "largest_process_peak_mb": max(m.rss for m in mems),
-                "driver_peak_mb": root.memory_info().rss,
-            }
-            for k, v in peaks.items():
-                out[k] = max(out.get(k, 0), v / 2**20)
-        except psutil.Error:
-            pass
-        stop.wait(0.2)
-
-
 def in_subprocess(mode: str, tsv: Path, work: Path) -> dict:
     """Run one measurement in a fresh interpreter; sample its process tree's memory meanwhile."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--child", mode, str(tsv), str(work)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "RAY_DEDUP_LOGS": "0"},
-    )
-    stop, mem = threading.Event(), {}
-    t = threading.Thread(target=_sample_tree, args=(proc.pid, stop, mem), daemon=True)
-    t.start()
-    stdout, _ = proc.communicate()
-    stop.set()
-    t.join()
-    if proc.returncode:
-        raise RuntimeError(f"{mode} failed ({proc.returncode})")
-    result = json.loads(stdout.strip().splitlines()[-1])
-    return {**result, **{k: round(v) for k, v in mem.items()}}
+    return run_child([__file__, "--child", mode, str(tsv), str(work)], mode)
 
 
 def main() -> None:

@@ -76,61 +76,27 @@ def run(cfg: RunConfig) -> dict:
     t_start = time.time()
     out = cfg.output_path
     out.mkdir(parents=True, exist_ok=True)
-    cache_dir = cfg.cache_path
     timings = Timings()
     torch.manual_seed(cfg.seed)
     init_ray(cfg.ray)
     specs = cfg.student_specs()
     single = len(specs) == 1  # one student keeps the short names: model/, untrained, linear_map
 
-    # 1. Corpus: real parallel text, cleaned, split by hash of the English sentence.
-    with timings.stage("corpus"):
-        corpus_dir, manifest, corpus_reused = build_corpus(cfg.corpus, cache_dir)
-        train, dev = select_pairs(cfg, corpus_dir / "pairs")
-    print(f"[mdistill] train pairs {len(train)} ({train.en.nunique()} English), dev pairs {len(dev)}", flush=True)
-
-    # 2. Teacher: every distinct English source (and the dev translations, for the teacher-alone baseline).
-    with timings.stage("teacher"):
-        texts = list(dict.fromkeys([*train.en, *dev.en, *dev.text]))
-        cache, cache_stats = teacher_pass(cfg.teacher, texts, cache_dir)
-        teacher = dict(zip(texts, cache.lookup(texts)))
-    print(f"[mdistill] teacher cache: {cache_stats['cache_hits']} hits, {cache_stats['computed']} computed", flush=True)
-    rows = student_rows(train, dev, teacher)
+    # 1-2. Corpus (cleaned, split by hash of the English sentence) and teacher (cached).
+    data = prepare(cfg, timings)
+    train, dev, teacher, rows = data["train"], data["dev"], data["teacher"], data["rows"]
+    corpus_dir, manifest, corpus_reused, cache_stats = data["corpus_dir"], data["manifest"], data["corpus_reused"], data["cache_stats"]
 
     # 3. Students: build each (packaged, any HF id or path; layer pruning; vocabulary trimming),
     #    run its frozen bottom once over every sentence (cached), fit the linear-map baseline.
     prepared, trainers = {}, {}
     with timings.stage("student_frozen_pass"):
         for name, scfg, tcfg in specs:
-            built = build_student(scfg, cache_dir, corpus_texts=rows.column("text").to_pylist())
-            st = load_sentence_transformer(built["path"], device="cpu", max_seq_length=scfg.max_seq_length)
-            prompt = default_prompt(st) if scfg.prompt is None else scfg.prompt
-            states_dir = out / ("student_states" if single else f"student_states/{name}")
-            states_dir, states_stats = frozen_states_pass(scfg, cfg.eval.batch_size, built["path"], rows, prompt, cache_dir, states_dir)
-            print(f"[mdistill] {name}: states cache {states_stats['cache_hits']} hits, {states_stats['computed']} computed", flush=True)
-
-            # Baselines from the frozen pass: the untrained student and the least-squares linear map.
-            meta = pq.read_table(states_dir, columns=["split", "target", "pooled"])
-            tr = meta.filter(pc.equal(meta.column("split"), "train"))
-            pooled, targets = embedding_matrix(tr.column("pooled")), embedding_matrix(tr.column("target"))
-            if scfg.projection == "none" and pooled.shape[1] != targets.shape[1]:
-                raise ValueError(
-                    f"{name}: student.projection=none needs equal dimensions, but the student has {pooled.shape[1]} and the teacher {targets.shape[1]}"
-                )
-            # The trained student's Dense head starts at (a well-conditioned version of) the linear map.
-            dense = initial_head(scfg, pooled, targets)
-            prepared[name] = dict(
-                st=st,
-                prompt=prompt,
-                built=built,
-                states_dir=states_dir,
-                states_stats=states_stats,
-                linear_map=lstsq_dense(pooled, targets),
-                train=tcfg,
-            )
+            p = prepare_student(cfg, name, scfg, rows, out / ("student_states" if single else f"student_states/{name}"))
+            prepared[name] = {k: p[k] for k in ("st", "prompt", "built", "states_dir", "states_stats", "linear_map")} | {"train": tcfg}
             trainers[name] = train_student(
-                name, scfg, tcfg, seed=cfg.seed, student_path=built["path"], states_dir=states_dir,
-                train_rows=tr.num_rows, dense=dense, run_dir=out, concurrent=len(specs),
+                name, scfg, tcfg, seed=cfg.seed, student_path=p["built"]["path"], states_dir=p["states_dir"],
+                train_rows=p["train_rows"], dense=p["dense"], run_dir=out, concurrent=len(specs),
             )  # fmt: skip
 
     # 4. Train every student at once on Ray Train (DDP or DeepSpeed ZeRO; gloo on CPU).
@@ -148,7 +114,7 @@ def run(cfg: RunConfig) -> dict:
             top.layers.load_state_dict(ckpt["layers"])
             dv = pq.read_table(p["states_dir"], filters=[("split", "=", "dev")], columns=["text", "hidden", "length", "dim", "pooled"])
             dev_texts = dv.column("text").to_pylist()
-            frozen = embedding_matrix(dv.column("pooled"))
+            frozen = np.array(embedding_matrix(dv.column("pooled")))  # writable: torch.from_numpy below
             p.update(top=top, ckpt=ckpt, dev_texts=dev_texts, trained=top_embeddings(top, decode_states(dv)))
             untrained, linear = ("untrained", "linear_map") if single else (f"{name}:untrained", f"{name}:linear_map")
             embeddings[untrained] = dict(zip(dev_texts, frozen / np.linalg.norm(frozen, axis=1, keepdims=True)))  # the model normalizes
@@ -188,7 +154,9 @@ def run(cfg: RunConfig) -> dict:
             "loss": p["train"].loss,
             "history": p["ckpt"]["logs"]["history"],
             "steps": p["ckpt"]["logs"]["steps"],
-            "dev": p["ckpt"]["logs"]["dev"],
+            "dev": [
+                {k.removeprefix("dev_"): v for k, v in d.items()} for d in p["ckpt"]["logs"]["dev"]
+            ],  # step, teacher_space_top1, mse100
             "resumed_at": p["ckpt"]["logs"].get("resumed_at", []),
             "states_cache": p["states_stats"],
             "export": p["export"],
@@ -224,6 +192,64 @@ def run(cfg: RunConfig) -> dict:
     write_report(out, report)
     print((out / "report.md").read_text(), flush=True)
     return report
+
+
+def prepare(cfg: RunConfig, timings: Timings) -> dict:
+    """Stages 1-2 (timed as ``corpus`` and ``teacher``): the corpus, the train/dev pairs, the
+    teacher's vectors (through the Parquet cache) and one student row per sentence to learn."""
+    cache_dir = cfg.cache_path
+    # 1. Corpus: real parallel text, cleaned, split by hash of the English sentence.
+    with timings.stage("corpus"):
+        corpus_dir, manifest, corpus_reused = build_corpus(cfg.corpus, cache_dir)
+        train, dev = select_pairs(cfg, corpus_dir / "pairs")
+    print(f"[mdistill] train pairs {len(train)} ({train.en.nunique()} English), dev pairs {len(dev)}", flush=True)
+
+    # 2. Teacher: every distinct English source (and the dev translations, for the teacher-alone baseline).
+    with timings.stage("teacher"):
+        texts = list(dict.fromkeys([*train.en, *dev.en, *dev.text]))
+        cache, cache_stats = teacher_pass(cfg.teacher, texts, cache_dir)
+        teacher = dict(zip(texts, cache.lookup(texts)))
+    print(f"[mdistill] teacher cache: {cache_stats['cache_hits']} hits, {cache_stats['computed']} computed", flush=True)
+    return dict(
+        corpus_dir=corpus_dir,
+        manifest=manifest,
+        corpus_reused=corpus_reused,
+        train=train,
+        dev=dev,
+        teacher=teacher,
+        cache_stats=cache_stats,
+        rows=student_rows(train, dev, teacher),
+    )
+
+
+def prepare_student(cfg: RunConfig, name: str, scfg, rows: pa.Table, states_dir) -> dict:
+    """Stage 3 for one student: build it, run its frozen bottom once over every sentence (cached)
+    into ``states_dir``, fit the linear-map baseline and the Dense head it starts from."""
+    cache_dir = cfg.cache_path
+    built = build_student(scfg, cache_dir, corpus_texts=rows.column("text").to_pylist())
+    st = load_sentence_transformer(built["path"], device="cpu", max_seq_length=scfg.max_seq_length)
+    prompt = default_prompt(st) if scfg.prompt is None else scfg.prompt
+    states_dir, states_stats = frozen_states_pass(scfg, cfg.eval.batch_size, built["path"], rows, prompt, cache_dir, states_dir)
+    print(f"[mdistill] {name}: states cache {states_stats['cache_hits']} hits, {states_stats['computed']} computed", flush=True)
+
+    # Baselines from the frozen pass: the untrained student and the least-squares linear map.
+    meta = pq.read_table(states_dir, columns=["split", "target", "pooled"])
+    tr = meta.filter(pc.equal(meta.column("split"), "train"))
+    pooled, targets = embedding_matrix(tr.column("pooled")), embedding_matrix(tr.column("target"))
+    if scfg.projection == "none" and pooled.shape[1] != targets.shape[1]:
+        raise ValueError(
+            f"{name}: student.projection=none needs equal dimensions, but the student has {pooled.shape[1]} and the teacher {targets.shape[1]}"
+        )
+    return dict(
+        st=st,
+        prompt=prompt,
+        built=built,
+        states_dir=states_dir,
+        states_stats=states_stats,
+        linear_map=lstsq_dense(pooled, targets),
+        dense=initial_head(scfg, pooled, targets),  # the trained student's head starts at (a well-conditioned) linear map
+        train_rows=tr.num_rows,
+    )
 
 
 def initial_head(student, pooled: np.ndarray, targets: np.ndarray) -> torch.nn.Linear | None:

@@ -31,7 +31,28 @@ def run(
     from mdistill.pipelines.run import run as run_pipeline
 
     report = run_pipeline(cfg)
-    typer.echo(f"report: {cfg.output_path / 'report.md'}  model: {report['export']['path']}")
+    models = "  ".join(f"{name}: {s['export']['path']}" for name, s in report["students"].items())
+    typer.echo(f"report: {cfg.output_path / 'report.md'}  models: {models}")
+
+
+@app.command("tune")
+def tune_cmd(
+    config: Path = typer.Argument(..., help="YAML config with a tune: section, e.g. configs/tune-small.yaml"),
+    overrides: list[str] | None = typer.Argument(None, help="key.sub=value overrides"),
+) -> None:
+    """Hyper-parameter search (Ray Tune over Ray Train, ASHA early stopping); resumes an interrupted search."""
+    cfg = _config(config, overrides)
+    if cfg.tune is None:
+        typer.echo("error: the config has no tune: section (tune.space, tune.num_samples, ...)", err=True)
+        raise typer.Exit(2)
+    from mdistill.pipelines.tune import tune_run
+
+    report = tune_run(cfg)
+    t = report["tune"]
+    typer.echo(f"report: {cfg.output_path / 'report.md'}  plot: {cfg.output_path / 'tune_trials.png'}")
+    typer.echo(f"results: {t['results_csv']}  best config: {t['best_config']}  (mdistill run {t['best_config']})")
+    if t.get("retrained"):
+        typer.echo(f"retrained best: {t['retrained']['output_dir']}")
 
 
 @app.command("config")

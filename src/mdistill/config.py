@@ -230,6 +230,88 @@ class ScheduleConfig(_Strict):
         return self
 
 
+class SpaceSpec(_Strict):
+    """One searched key: exactly one of ``uniform: [lo, hi]``, ``loguniform: [lo, hi]``,
+    ``randint: [lo, hi]`` (hi exclusive), ``choice: [...]`` (sampled) or ``grid: [...]`` (every value)."""
+
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+    choice: list | None = None
+    grid: list | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> SpaceSpec:
+        set_ = [k for k in ("uniform", "loguniform", "randint", "choice", "grid") if getattr(self, k) is not None]
+        if len(set_) != 1:
+            raise ValueError(f"give exactly one of uniform, loguniform, randint, choice, grid (got {set_ or 'none'})")
+        kind = set_[0]
+        if kind in ("choice", "grid") and not getattr(self, kind):
+            raise ValueError(f"{kind} needs at least one value")
+        if kind in ("uniform", "loguniform", "randint"):
+            lo, hi = getattr(self, kind)
+            if not lo < hi:
+                raise ValueError(f"{kind}: lower bound {lo} must be < upper bound {hi}")
+            if kind == "loguniform" and lo <= 0:
+                raise ValueError("loguniform bounds must be > 0")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("uniform", "loguniform", "randint", "choice", "grid") if getattr(self, k) is not None)
+
+    @property
+    def values(self) -> list:
+        """The values to validate: every choice/grid value, or both bounds of a range."""
+        return list(getattr(self, self.kind))
+
+
+class AshaConfig(_Strict):
+    grace_period: int = Field(1, ge=1)  # dev reports a trial always gets before it can be stopped
+    max_t: int | None = Field(None, ge=1)  # None: tune.reports
+    reduction_factor: float = Field(2, gt=1)
+
+
+class TuneSchedulerConfig(_Strict):
+    asha: AshaConfig | None = AshaConfig()  # null: no early stopping (FIFO)
+
+
+# Keys the search sets itself or that no recipe uses yet.
+TUNE_FORBIDDEN = {
+    "train.dev_every": "set per trial from tune.reports (dev evaluations per trial)",
+    "train.resume": "a trial resumes from its own checkpoints",
+    "train.temperature": "logit distillation (teacher.kind: classifier) has no training recipe yet; the embedding path has no temperature",
+    "train.alpha": "logit distillation (teacher.kind: classifier) has no training recipe yet; the embedding path has no alpha",
+}
+
+
+class TuneConfig(_Strict):
+    """``mdistill tune``: a Ray Tune search over ``train.*`` / ``student.*`` keys with ASHA early stopping."""
+
+    space: dict[str, SpaceSpec]  # dotted keys of this config, e.g. train.lr: {loguniform: [1e-4, 1e-3]}
+    num_samples: int = Field(8, ge=1)  # random/optuna: trials; grid: repeats of the grid
+    search: Literal["random", "grid", "optuna"] = "random"
+    metric: Literal["dev_teacher_space_top1", "dev_mse100", "loss"] = "dev_teacher_space_top1"
+    mode: Literal["max", "min"] = "max"
+    reports: int = Field(4, ge=1)  # dev evaluations per trial (train.dev_every is derived from it); ASHA's time unit
+    scheduler: TuneSchedulerConfig = TuneSchedulerConfig()
+    max_concurrent_trials: int | None = Field(None, ge=1)  # None: derived from the cluster's resources
+    retrain_best: bool = False  # after the search: `mdistill run` the best config on the full data and export it
+    seed: int | None = None  # search algorithm seed (None: the run's seed)
+
+    @model_validator(mode="after")
+    def _check(self) -> TuneConfig:
+        if not self.space:
+            raise ValueError("space: at least one key to search")
+        if self.search == "grid":
+            bad = [k for k, s in self.space.items() if s.kind not in ("grid", "choice")]
+            if bad:
+                raise ValueError(f"search: grid needs finite values (grid/choice); ranges given for {bad}")
+        if self.metric == "dev_mse100" and self.mode == "max" or self.metric == "loss" and self.mode == "max":
+            raise ValueError(f"metric {self.metric} is lower-is-better: set mode: min")
+        return self
+
+
 class RunConfig(_Strict):
     name: str = "default"
     seed: int = 0
@@ -248,6 +330,7 @@ class RunConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()  # mdistill models / the re-distillation gate
     job: JobConfig = JobConfig()  # mdistill submit / schedule: how the run goes to a Ray cluster
     schedule: ScheduleConfig | None = None  # mdistill schedule: periodic re-distillation
+    tune: TuneConfig | None = None  # mdistill tune: hyper-parameter search (Ray Tune + ASHA)
 
     @model_validator(mode="after")
     def _students(self) -> RunConfig:
@@ -259,6 +342,8 @@ class RunConfig(_Strict):
                 TrainConfig.model_validate(self.train.model_dump() | spec.train)
             except ValidationError as e:
                 raise ValueError(f"students[{spec.name}].train: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+        if self.tune is not None:
+            self._check_tune_space()
         return self
 
     def student_specs(self) -> list[tuple[str, StudentConfig, TrainConfig]]:
@@ -273,6 +358,26 @@ class RunConfig(_Strict):
             )
             for s in self.students
         ]
+
+    def _check_tune_space(self) -> None:
+        """Every searched key exists in this config and every value (range bounds) validates there."""
+        sections = {"train": (TrainConfig, self.train), "student": (StudentConfig, self.student)}
+        for key, spec in self.tune.space.items():
+            if key in TUNE_FORBIDDEN:
+                raise ValueError(f"tune.space.{key}: not searchable: {TUNE_FORBIDDEN[key]}")
+            section, _, field = key.partition(".")
+            if section not in sections or not field or "." in field:
+                raise ValueError(f"tune.space.{key}: only train.<key> and student.<key> can be searched")
+            model, current = sections[section]
+            if field not in model.model_fields:
+                raise ValueError(f"tune.space.{key}: no such key in {section}:")
+            if section == "student" and spec.kind not in ("choice", "grid"):
+                raise ValueError(f"tune.space.{key}: student keys change the frozen pass; give choice or grid values")
+            for v in spec.values:
+                try:
+                    model.model_validate(current.model_dump() | {field: v})
+                except ValidationError as e:
+                    raise ValueError(f"tune.space.{key}: value {v!r}: {e.errors()[0]['msg']}") from None
 
     @property
     def cache_path(self) -> Path:

@@ -253,6 +253,14 @@ def render_markdown(report: dict, pngs: dict[str, Path] | None = None) -> str:
                 f"{_fmt(best)} | `{json.dumps(t.get('config', {}), default=str)}` |"
             )
         md.append("")
+        if tune.get("best") and tune.get("worst"):
+            b, w = tune["best"], tune["worst"]
+            md += [
+                f"{len(tune.get('trials') or [])} trials, {tune.get('stopped_early', '?')} stopped early. Best trial {b.get('trial_id')} "
+                f"{_fmt(b.get('best'), '.4f')}, worst {w.get('trial_id')} {_fmt(w.get('best'), '.4f')}: gap {_fmt(tune.get('gap'), '.4f')} "
+                f"({metric}, best value of each trial). Best config: `{tune.get('best_config', 'best_config.yaml')}`.",
+                "",
+            ]
         if "tune_trials" in pngs:
             md += ["![tune trials](tune_trials.png)", ""]
     return "\n".join(md).rstrip() + "\n"

@@ -6,6 +6,7 @@ the Ray Data read tasks and hang; Ray Train workers that hold every CPU starve t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -40,6 +41,6 @@ def train_worker_resources(resources: dict, workers: int, use_gpu: bool, concurr
     n = workers * concurrent
     cpus = float(resources.get("CPU", 1))
     per = max(0.1, min(cpus / n, (cpus - 1) / n)) if cpus > 1 else 0.5 / n
-    per = round(min(per, cpus / n), 2)
+    per = math.floor(min(per, cpus / n) * 100) / 100  # rounded down: n workers must leave the data tasks their CPU
     threads = max(1, int(cpus // n))
     return {"CPU": per}, threads

@@ -146,6 +146,8 @@ def train_loop_per_worker(cfg: dict) -> None:
         losses, seen, te = [], 0, time.time()
         chunks = shard_iter(ray.train.get_dataset_shard("train"), cfg["bucket_rows"])
         for i, batch in enumerate(bucketed_batches(chunks, cfg["batch_size"], rng)):
+            if i == 0:  # the rate is the training loop's; the pipeline's start-up is logged apart
+                first_batch_s, te = time.time() - te, time.time()
             if i < skip or micro >= (epoch + 1) * micro_per_epoch:
                 continue  # done before the restart / a surplus batch (the shard split is equal, so rarely)
             batch = tuple(t.to(device, non_blocking=True) for t in batch)
@@ -183,6 +185,7 @@ def train_loop_per_worker(cfg: dict) -> None:
                 metrics.update(dm)
             if epoch_end:
                 metrics["samples_per_s"] = seen * world / max(1e-9, time.time() - te)
+                metrics["first_batch_s"] = first_batch_s
                 metrics["loss_fn"] = type(loss_fn).__name__
                 logs["history"].append(metrics)
             if ckpt_due or micro == total_micro:

@@ -73,3 +73,24 @@ def tiny_models(tmp_path_factory, pairs) -> dict[str, Path]:
         "teacher": make_tiny_model(root / "teacher", texts, layers=2, hidden=32, seed=1),
         "student": make_tiny_model(root / "student", texts, layers=3, hidden=32, prompt="query: ", seed=2),
     }
+
+
+def tiny_run_overrides(tmp_path: Path, tiny_models: dict[str, Path], rows: list[dict]) -> list[str]:
+    """Config overrides of a tiny end-to-end run: ``rows`` (en, lang, text) as a Parquet source,
+    de + fr, the tiny random-init teacher and student, caches and outputs under ``tmp_path``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), corpus)
+    return [
+        f"corpus.sources=[{{format: parquet, paths: [{corpus}]}}]",
+        "corpus.langs=[de, fr]",
+        "corpus.dev_fraction=0.25",
+        "corpus.train_fraction=1.0",
+        f"teacher.model={tiny_models['teacher']}",
+        f"student.model={tiny_models['student']}",
+        "train.batch_size=16",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"output_dir={tmp_path / 'run'}",
+    ]

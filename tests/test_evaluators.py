@@ -151,10 +151,11 @@ def test_mdistill_eval_cli(tmp_path, tiny_models, pairs):
     gets null teacher-space metrics instead of a crash; STS when given."""
     import json
 
-    from conftest import make_tiny_model
     from typer.testing import CliRunner
 
     from mdistill.cli import app
+
+    from conftest import make_tiny_model
 
     data = tmp_path / "pairs.jsonl"
     sub = pairs.drop_duplicates(["lang", "en"]).groupby("lang").head(40)

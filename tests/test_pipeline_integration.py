@@ -5,11 +5,12 @@
 import json
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from mdistill.config import load_config
+
+from conftest import tiny_run_overrides
 
 
 @pytest.fixture(scope="module")
@@ -27,28 +28,18 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
     from mdistill.encode import load_sentence_transformer
     from mdistill.pipelines.run import run
 
-    corpus = tmp_path / "corpus.parquet"
     bad = [
         {"en": "", "lang": "de", "text": "leer", "source": "x"},
         {"en": "Same text here", "lang": "fr", "text": "Same text here", "source": "x"},
     ]
-    pq.write_table(pa.Table.from_pylist(pairs.to_dict("records") + bad), corpus)
     overrides = [
-        f"corpus.sources=[{{format: parquet, paths: [{corpus}]}}]",
-        "corpus.langs=[de, fr]",
-        "corpus.dev_fraction=0.25",
-        "corpus.train_fraction=1.0",
-        f"teacher.model={tiny_models['teacher']}",
-        f"student.model={tiny_models['student']}",
+        *tiny_run_overrides(tmp_path, tiny_models, pairs.to_dict("records") + bad),
         "student.train_layers=2",
         # a 3-layer and a 2-layer (pruned) student, trained at the same time, one worker each
         "students=[{name: full}, {name: pruned, keep_layers: [0, 2], train_layers: 1, train: {strategy: deepspeed, zero_stage: 2}}]",
         "train.workers=1",
         "train.epochs=2",
-        "train.batch_size=16",
         "train.bucket_rows=64",
-        f"cache_dir={tmp_path / 'cache'}",
-        f"output_dir={tmp_path / 'run'}",
     ]
     cfg = load_config("configs/default.yaml", overrides)
     report = run(cfg)

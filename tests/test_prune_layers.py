@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_model
 
 from mdistill.encode import encode_batch, load_sentence_transformer
 from mdistill.models.prune_layers import prune_layers
 from mdistill.models.split import mean_pool, run_layers
+
+from conftest import make_tiny_model
 
 
 def test_pruned_model_runs_exactly_the_kept_layers(tmp_path, pairs):

@@ -19,9 +19,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+
+from conftest import tiny_run_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,22 +127,12 @@ def test_submit_tiny_distillation(tmp_path, ray_head, tiny_models, pairs, monkey
         urllib.request.urlopen(f"{address}/api/jobs/", timeout=10)
     assert refused.value.code in (401, 403)
 
-    corpus = tmp_path / "corpus.parquet"
-    pq.write_table(pa.Table.from_pylist(pairs.to_dict("records")), corpus)
     out = tmp_path / "run"
     overrides = [
-        f"corpus.sources=[{{format: parquet, paths: [{corpus}]}}]",
-        "corpus.langs=[de, fr]",
-        "corpus.dev_fraction=0.25",
-        "corpus.train_fraction=1.0",
-        f"teacher.model={tiny_models['teacher']}",
-        f"student.model={tiny_models['student']}",
+        *tiny_run_overrides(tmp_path, tiny_models, pairs.to_dict("records")),
         "student.train_layers=2",
         "train.epochs=1",
-        "train.batch_size=16",
         "train.bucket_rows=64",
-        f"cache_dir={tmp_path / 'cache'}",
-        f"output_dir={out}",
     ]
     # the client gets the token the way a user's shell would: RAY_AUTH_TOKEN (no RAY_AUTH_MODE needed)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}

@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import make_tiny_model
 
 from mdistill.encode import encode_batch, load_sentence_transformer
 from mdistill.models.trim_vocab import trim_vocabulary
+
+from conftest import make_tiny_model
 
 
 def _unigram_model(out, texts):

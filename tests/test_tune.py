@@ -15,11 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from mdistill.config import load_config
+
+from conftest import tiny_run_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,24 +68,14 @@ def _starts(experiment: Path) -> dict[str, int]:
 @pytest.mark.integration
 @pytest.mark.timeout(420)
 def test_tune_two_trials_killed_then_resumed(tmp_path, tiny_models, pairs, kill_drivers_after):
-    corpus = tmp_path / "corpus.parquet"
-    pq.write_table(pa.Table.from_pylist(pairs.to_dict("records")), corpus)
     out = tmp_path / "run"
     overrides = [
         "name=tiny-tune",
-        f"corpus.sources=[{{format: parquet, paths: [{corpus}]}}]",
-        "corpus.langs=[de, fr]",
-        "corpus.dev_fraction=0.25",
-        "corpus.train_fraction=1.0",
-        f"teacher.model={tiny_models['teacher']}",
-        f"student.model={tiny_models['student']}",
+        *tiny_run_overrides(tmp_path, tiny_models, pairs.to_dict("records")),
         "student.train_layers=1",
         "train.workers=1",
         "train.epochs=2",
-        "train.batch_size=16",
         "train.bucket_rows=64",
-        f"cache_dir={tmp_path / 'cache'}",
-        f"output_dir={out}",
         # one trial at a time, so that the first is finished while the second runs
         "tune={num_samples: 2, reports: 2, max_concurrent_trials: 1, scheduler: {asha: {grace_period: 1, max_t: 2}},"
         " space: {train.lr: {loguniform: [1.0e-4, 1.0e-2]}, train.loss: {choice: [mse, cosine]}, student.train_layers: {choice: [1, 2]}}}",

@@ -23,7 +23,7 @@ demo: $(BIN)/.installed
 	$(BIN)/mdistill run configs/default.yaml
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf $(VENV) runs

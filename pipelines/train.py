@@ -87,15 +87,18 @@ def train_student(
     student_path: str,
     states_dir: Path,
     train_rows: int,
-    dense: torch.nn.Linear | None,
+    dense: torch.nn.Linear | str | None,
     run_dir: Path,
     concurrent: int = 1,
     max_dev_rows: int = 2000,
+    callbacks: list | None = None,
 ) -> TorchTrainer:
     """A ``TorchTrainer`` for one student: DDP or DeepSpeed ZeRO, checkpoints, automatic resume.
 
     ``concurrent`` trainers share the cluster: the workers' CPU share is sized so that all of
     them plus the Ray Data tasks feeding them fit (on 2 CPUs, wrong sizes hang rather than fail).
+    ``dense``: the head to start from, or the path of one already saved (Tune trials share one).
+    ``callbacks``: Ray Train callbacks (Tune's report callback).
     """
     train_ds = (
         ray.data.read_parquet(str(states_dir), columns=["split", "hidden", "length", "dim", "target"])
@@ -107,8 +110,8 @@ def train_student(
     dev = pq.read_table(states_dir, columns=["en", "lang", "hidden", "length", "dim", "target"], filters=[("split", "=", "dev")])
     dev_ref = ray.put(dev.slice(0, max_dev_rows)) if dev.num_rows else None
     storage = (run_dir / "ray_train").resolve()
-    dense_path = None
-    if dense is not None:
+    dense_path = dense if isinstance(dense, str) else None
+    if isinstance(dense, torch.nn.Linear):
         dense_path = run_dir / f"{name}.dense_init.pt"
         torch.save(dense, dense_path)
     resources, threads = train_worker_resources(ray.cluster_resources(), train.workers, train.use_gpu, concurrent=concurrent)
@@ -134,6 +137,7 @@ def train_student(
             storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
     )
 

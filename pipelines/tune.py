@@ -20,14 +20,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import ray
 import ray.train
 import torch
 import yaml
 from ray import tune
-from ray.data.expressions import col
-from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -35,11 +32,9 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from mdistill.config import RunConfig
 from mdistill.pipelines.run import prepare, prepare_student
-from mdistill.pipelines.train import _LOOP_KEYS
+from mdistill.pipelines.train import train_student
 from mdistill.ray_init import init_ray
 from mdistill.report import Timings, write_report
-from mdistill.resources import train_worker_resources
-from mdistill.training.loop import train_loop_per_worker
 from mdistill.tune_space import (
     derive_max_concurrent_trials,
     dev_every,
@@ -208,7 +203,11 @@ def distill_trial(config: dict, *, base: dict, shapes: dict, metric: str, report
     every = dev_every(shape["train_rows"], t.workers, t.batch_size, t.bucket_rows, t.epochs, t.grad_accum, reports)
     t = t.model_copy(update={"dev_every": every, "checkpoint_every": None})
     (trial_dir / TRIAL_FILE).write_text(json.dumps({"dev_every": every, "reports": reports, "shape": shape_key(config)}))
-    trainer = trial_trainer(cfg, t, shape, run_dir=trial_dir, concurrent=concurrent, callbacks=[DevReportCallback(metric)])
+    trainer = train_student(
+        "student", cfg.student, t, seed=cfg.seed, student_path=shape["student_path"], states_dir=Path(shape["states_dir"]),
+        train_rows=shape["train_rows"], dense=shape["dense_path"], run_dir=trial_dir, concurrent=concurrent,
+        callbacks=[DevReportCallback(metric)],
+    )  # fmt: skip
     trainer.fit()
 
 
@@ -223,43 +222,6 @@ class DevReportCallback(TuneReportCallback):
     def after_report(self, run_context, metrics, checkpoint):
         if metrics and self.metric in metrics[0]:
             super().after_report(run_context, metrics, checkpoint)
-
-
-def trial_trainer(cfg: RunConfig, train, shape: dict, *, run_dir: Path, concurrent: int, callbacks: list, max_dev_rows: int = 2000):
-    """The ``TorchTrainer`` of ``pipelines.train.train_student`` with Tune's callback and the
-    trial's own storage; same worker loop and worker sizing, states and teacher vectors prepared once."""
-    states_dir = shape["states_dir"]
-    train_ds = (
-        ray.data.read_parquet(states_dir, columns=["split", "hidden", "length", "dim", "target"])
-        .filter(expr=col("split") == "train")
-        .drop_columns(["split"])
-    )
-    dev = pq.read_table(states_dir, columns=["en", "lang", "hidden", "length", "dim", "target"], filters=[("split", "=", "dev")])
-    resources, threads = train_worker_resources(ray.cluster_resources(), train.workers, train.use_gpu, concurrent=concurrent)
-    loop_config = dict(
-        student_path=shape["student_path"],
-        dense_path=shape["dense_path"],
-        train_layers=cfg.student.train_layers,
-        dropout=cfg.student.dropout,
-        train_rows=shape["train_rows"],
-        threads=threads,
-        seed=cfg.seed,
-        dev=ray.put(dev.slice(0, max_dev_rows)),
-        **train.model_dump(include=_LOOP_KEYS),
-    )
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=train.workers, use_gpu=train.use_gpu, resources_per_worker=resources),
-        datasets={"train": train_ds},
-        run_config=ray.train.RunConfig(
-            name="ray_train",
-            storage_path=str(run_dir),
-            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=callbacks,
-        ),
-    )
 
 
 def search_algorithm(cfg: RunConfig, concurrent: int):

@@ -13,6 +13,7 @@ import os
 import random
 import tempfile
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -107,7 +108,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             print(f"[train] resumed at micro-batch {micro}/{total_micro} from {checkpoint.path}", flush=True)
 
     dev = ray.get(cfg["dev"]) if cfg.get("dev") is not None else None  # every rank: ZeRO-3 forwards are collective
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and not use_ds else _null()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and not use_ds else nullcontext()
 
     def save_and_report(metrics: dict, final: bool = False) -> None:
         """Every rank saves what it owns (DeepSpeed: its optimizer partition), a barrier, then every rank reports."""
@@ -158,7 +159,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             else:
                 with autocast:
                     sync = boundary or world == 1
-                    with _maybe_no_sync(model, not sync):
+                    with model.no_sync() if not sync and hasattr(model, "no_sync") else nullcontext():  # accumulate locally
                         loss = train_step(model, loss_fn, optimizer, scheduler, batch, cfg["max_grad_norm"], accum=accum, boundary=boundary)
             losses.append(loss)
             seen += len(batch[0])
@@ -233,15 +234,3 @@ def _have_compiler() -> bool:
     import shutil
 
     return shutil.which(os.environ.get("CXX", "c++")) is not None
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
-
-
-def _maybe_no_sync(model, skip_sync: bool):
-    return model.no_sync() if skip_sync and hasattr(model, "no_sync") else _null()

@@ -40,3 +40,19 @@ def test_cli_rejects_invalid_config_before_compute(tmp_path):
     r = CliRunner().invoke(app, ["run", "configs/default.yaml", "student.nope=1"])
     assert r.exit_code == 2
     assert "student.nope" in r.output
+
+
+def test_students_inherit_student_and_train_sections_and_are_validated_before_compute():
+    cfg = load_config("configs/students.yaml")
+    specs = {name: (s, t) for name, s, t in cfg.student_specs()}
+    assert set(specs) == {"e5-12l", "e5-4l"}
+    assert specs["e5-12l"][0].train_layers == 4 and specs["e5-12l"][1].strategy == "ddp"  # from student:/train:
+    assert specs["e5-4l"][0].keep_layers == [0, 3, 7, 11] and specs["e5-4l"][0].train_layers == 2
+    assert specs["e5-4l"][1].strategy == "deepspeed" and specs["e5-4l"][1].zero_stage == 2
+    assert load_config("configs/default.yaml").student_specs()[0][0] == "student"  # one student: the short name
+    with pytest.raises(ConfigError, match="unique"):
+        load_config("configs/default.yaml", ["students=[{name: a}, {name: a}]"])
+    with pytest.raises(ConfigError, match=r"students\[a\]\.train"):
+        load_config("configs/default.yaml", ["students=[{name: a, train: {loss: huber}}]"])
+    with pytest.raises(ConfigError, match="keep_layers"):
+        load_config("configs/default.yaml", ["student.keep_layers=[1, 1]"])

@@ -191,15 +191,9 @@ class ModelRegistry:
                 raise
             if promoted:
                 self._set_latest(d, version)
-        return {
-            "name": name,
-            "version": version,
-            "promoted": promoted,
-            "reason": reason,
-            "candidate": candidate,
-            "current": current,
-            "path": str(d / version),
-        }
+        return dict(
+            name=name, version=version, promoted=promoted, reason=reason, candidate=candidate, current=current, path=str(d / version)
+        )
 
     def promote(self, name: str, version: str, *, force: bool = False, tolerance: float = 0.0) -> dict:
         """Make ``version`` the latest: through the gate (its key metric vs the current latest's,
@@ -222,15 +216,9 @@ class ModelRegistry:
                     d / version / "entry.json",
                     {**{k: v for k, v in entry.items() if k != "latest"}, "promoted": True, "promoted_manually": _now()},
                 )
-        return {
-            "name": name,
-            "version": version,
-            "promoted": promoted,
-            "reason": reason,
-            "candidate": candidate,
-            "current": current,
-            "path": str(d / version),
-        }
+        return dict(
+            name=name, version=version, promoted=promoted, reason=reason, candidate=candidate, current=current, path=str(d / version)
+        )
 
 
 def register_run(run_dir: str | Path, cfg: RegistryConfig, name: str | None = None) -> dict:

@@ -75,6 +75,21 @@ def tiny_models(tmp_path_factory, pairs) -> dict[str, Path]:
     }
 
 
+def teacher_pass(cfg, texts: list[str], cache_dir: Path):
+    """The recipe's teacher stage (``pipelines/run.py``, step 2) on a list of texts: returns the
+    teacher cache and the pass's ``CachePass``."""
+    import ray
+
+    from mdistill.stages import cache_pass
+    from mdistill.stages.teacher import open_teacher
+
+    teacher = open_teacher(cfg, cache_dir)
+    with teacher.cache.lock():
+        needed = cache_pass.distinct(ray.data.from_items([{"text": t} for t in texts]))
+        vectors = cache_pass.missing(teacher.cache, needed).map_batches(teacher.predictor, **teacher.pool_args(ray.cluster_resources()))
+        return teacher.cache, cache_pass.commit(teacher.cache, needed, vectors)
+
+
 def tiny_run_overrides(tmp_path: Path, tiny_models: dict[str, Path], rows: list[dict]) -> list[str]:
     """Config overrides of a tiny end-to-end run: ``rows`` (en, lang, text) as a Parquet source,
     de + fr, the tiny random-init teacher and student, caches and outputs under ``tmp_path``."""

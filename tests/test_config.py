@@ -1,6 +1,6 @@
 import pytest
 
-from mdistill.config import ConfigError, load_config
+from mdistill.config import ConfigError, RunConfig, load_config
 
 
 def test_default_config_validates():
@@ -56,3 +56,8 @@ def test_students_inherit_student_and_train_sections_and_are_validated_before_co
         load_config("configs/default.yaml", ["students=[{name: a, train: {loss: huber}}]"])
     with pytest.raises(ConfigError, match="keep_layers"):
         load_config("configs/default.yaml", ["student.keep_layers=[1, 1]"])
+
+
+def test_model_defaults_equal_the_default_config():
+    """One set of defaults: what the commands that take no config run on is configs/default.yaml."""
+    assert RunConfig().model_dump() == load_config("configs/default.yaml").model_dump()

@@ -37,7 +37,7 @@ def _sources(d):
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_bad_corpus_in_every_format_accounts_for_every_row(tmp_path, ray_local):
-    from mdistill.pipelines.corpus import build_corpus
+    from mdistill.stages.corpus import build_corpus
 
     d = tmp_path / "bad"
     write_bad_corpus(d)
@@ -51,7 +51,8 @@ def test_bad_corpus_in_every_format_accounts_for_every_row(tmp_path, ray_local):
             "corpus.bucket_bytes=65536",
         ],
     ).corpus
-    out, m, reused = build_corpus(cfg, tmp_path / "cache", tmp_path / "corpus")
+    corpus = build_corpus(cfg, tmp_path / "cache", tmp_path / "corpus")
+    out, m, reused = corpus.dir, corpus.manifest, corpus.reused
     assert not reused and m["buckets"] > 1  # several dedup buckets: duplicates must still meet
 
     # per file: rows in = the file's rows by its format's rules (counted by hand), = kept + rejected
@@ -88,14 +89,15 @@ def test_bad_corpus_in_every_format_accounts_for_every_row(tmp_path, ray_local):
     assert sorted(english.en) == sorted(set(pairs.en)) and sum(m["english_sentences"].values()) == len(english)
 
     # the same inputs and settings: reused, not rebuilt
-    again, _, reused = build_corpus(cfg, tmp_path / "cache", tmp_path / "corpus")
+    again = build_corpus(cfg, tmp_path / "cache", tmp_path / "corpus")
+    again, reused = again.dir, again.reused
     assert reused and again == out
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_an_unreadable_file_stops_the_build_naming_it(tmp_path, ray_local):
-    from mdistill.pipelines.corpus import build_corpus
+    from mdistill.stages.corpus import build_corpus
 
     d = tmp_path / "bad"
     write_bad_corpus(d)

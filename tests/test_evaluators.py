@@ -15,8 +15,8 @@ from mdistill.evaluation import (
     STSEvaluator,
     TeacherSpaceEvaluator,
     TranslationEvaluator,
-    language_metrics,
 )
+from mdistill.evaluation.table import language_row
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +48,27 @@ def test_mse_and_translation_equal_sentence_transformers(tiny_models, de_pairs):
     # the run's table row gives the same numbers from cached vectors
     s_en, s_xx = student.encode(en, convert_to_numpy=True), student.encode(xx, convert_to_numpy=True)
     t_en = teacher.encode(en, convert_to_numpy=True)
-    row = language_metrics(s_xx, s_en, t_en)
-    assert row["mse100"] == pytest.approx(-st_mse["negative_mse"], abs=1e-6)
+    row = language_row(s_xx, s_en, t_en)
+    assert row.mse100 == pytest.approx(-st_mse["negative_mse"], abs=1e-6)
     st_tr = STTranslation(en, xx, write_csv=False)(student)
-    assert row["translation_top1_en2xx"] == st_tr["src2trg_accuracy"] and row["translation_top1_xx2en"] == st_tr["trg2src_accuracy"]
+    assert row.translation_top1_en2xx == st_tr["src2trg_accuracy"] and row.translation_top1_xx2en == st_tr["trg2src_accuracy"]
     ts = TeacherSpaceEvaluator(en, xx, teacher)(student)
-    assert ts["teacher_space_top1"] == row["teacher_space_top1"] and 0 <= ts["teacher_space_top1_en"] <= 1
-    assert row["bitext_f1"] is not None and 0 <= row["bitext_f1"] <= 1
+    assert ts["teacher_space_top1"] == row.teacher_space_top1 and 0 <= ts["teacher_space_top1_en"] <= 1
+    assert row.bitext_f1 is not None and 0 <= row.bitext_f1 <= 1
 
 
 def test_teacher_space_undefined_across_dimensions():
     rng = np.random.default_rng(0)
-    row = language_metrics(rng.normal(size=(10, 8)), rng.normal(size=(10, 8)), rng.normal(size=(10, 4)))
-    assert row["teacher_space_top1"] is None and row["mse100"] is None and row["translation_top1_xx2en"] is not None
+    row = language_row(rng.normal(size=(10, 8)), rng.normal(size=(10, 8)), rng.normal(size=(10, 4)))
+    assert row.teacher_space_top1 is None and row.mse100 is None and row.translation_top1_xx2en is not None
+
+
+def test_pooled_teacher_space_index_shared_by_languages():
+    """One index for several languages: query i's answer is ``answers[i]`` (the dev metric during training)."""
+    keys = np.eye(3)
+    queries = keys[[0, 1, 1, 2]]  # the third query lands on key 1, its answer is 2
+    r = TeacherSpaceEvaluator.compute(queries, keys, answers=[0, 1, 2, 2])
+    assert r["teacher_space_top1"] == 0.75
 
 
 def _pool(n_pairs=40, n_src_distract=15, n_tgt_distract=25, dim=64, seed=0):
@@ -172,14 +180,13 @@ def test_mdistill_eval_cli(tmp_path, tiny_models, pairs):
     assert r.exit_code == 0, r.output
     res = json.loads((out / "eval.json").read_text())
     assert set(res["metrics"]) == {"de", "fr"} and res["split"] == "test"
-    de = res["metrics"]["de"]
-    assert set(de) == {"n", "teacher", "student", "narrow"} and de["n"] == 40
-    assert (
-        de["narrow"]["teacher_space_top1"] is None and de["narrow"]["mse100"] is None and de["narrow"]["translation_top1_xx2en"] is not None
-    )
-    assert de["student"]["teacher_space_top1"] is not None and de["teacher"]["mse100"] > 0
+    de, models = res["metrics"]["de"], res["metrics"]["de"]["models"]
+    assert set(models) == {"teacher", "student", "narrow"} and de["n"] == 40
+    narrow = models["narrow"]
+    assert narrow["teacher_space_top1"] is None and narrow["mse100"] is None and narrow["translation_top1_xx2en"] is not None
+    assert models["student"]["teacher_space_top1"] is not None and models["teacher"]["mse100"] > 0
     assert res["summary"]["narrow"]["teacher_space_top1"] is None and res["models"]["narrow"]["dim"] == 16
-    assert -1 <= res["sts"]["student"]["spearman_cosine"] <= 1
+    assert -1 <= res["sts"]["models"]["student"]["spearman_cosine"] <= 1
     md = (out / "eval.md").read_text()
     assert "| de | 40 | narrow |" in md and "](eval_metrics.png)" in md
     assert (out / "eval_metrics.png").read_bytes()[:4] == b"\x89PNG"

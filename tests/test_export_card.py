@@ -9,6 +9,9 @@ import yaml
 
 from mdistill.encode import load_sentence_transformer
 from mdistill.export import export_student, model_card_info, write_model_card
+from mdistill.report.schema import Metrics
+
+from report_fixtures import run_report
 
 
 def test_export_loads_and_card(tmp_path, tiny_models, pairs):
@@ -30,31 +33,14 @@ def test_export_loads_and_card(tmp_path, tiny_models, pairs):
     hf = AutoModel.from_pretrained(str(out))
     assert hf.config.hidden_size == 32 and hf.config.num_hidden_layers == 3
 
-    report = {
-        "config": {
-            "name": "demo",
-            "teacher": {"model": "tiny-teacher"},
-            "corpus": {"langs": ["de", "fr", "zh_CN"]},
-            "train": {"epochs": 2},
-        },
-        "data": {"train_pairs": {"de": 120, "fr": 110, "zh_CN": 90}, "dev_pairs": {"de": 12, "fr": 11, "zh_CN": 9}, "train_english": 150},
-        "corpus": {"sources": {"libreoffice": {"rows_in": 400, "kept": 320}}},
-        "metrics": {
-            lang: {
-                "n": 10,
-                "teacher": {"teacher_space_top1": 0.4, "mse100": 0.3},
-                "s1": {"teacher_space_top1": 0.9, "mse100": 0.1, "bitext_f1": 0.95},
-                "s1:linear_map": {"teacher_space_top1": 0.8, "mse100": 0.12},
-                "s2": {"teacher_space_top1": 0.7, "mse100": 0.2},
-            }
-            for lang in ("de", "fr", "zh_CN")
-        },
-        "baselines": ["teacher", "s1:linear_map", "s2:linear_map"],
-        "students": {"s1": {"model": "tiny-student", "export": {"path": str(out)}}, "s2": {}},
-        "summary": {"s1": {"teacher_space_top1": 0.9}},
-    }
+    report = run_report("demo", {"s1": (str(out), 0.9), "s2": (str(out), 0.7)}, langs=("de", "fr", "zh_CN"))
+    report.config["train"] = {"epochs": 2}
+    report.students["s1"].built_from = [{"step": "load", "model": "tiny-student"}]
+    for row in report.metrics.values():
+        row.models["s1:linear_map"] = Metrics(teacher_space_top1=0.8, mse100=0.12)
+    report.baselines = ["teacher", "s1:linear_map", "s2:linear_map"]
     info = model_card_info(report, "s1")
-    assert set(info["metrics"]["de"]) == {"n", "teacher", "s1", "s1:linear_map"}  # the other student is left out
+    assert set(info.metrics["de"].models) == {"teacher", "s1", "s1:linear_map"}  # the other student is left out
     card = write_model_card(out, info)
     text = card.read_text()
     front = yaml.safe_load(text.split("---")[1])
@@ -66,8 +52,8 @@ def test_export_loads_and_card(tmp_path, tiny_models, pairs):
         "zh_CN",
         "| de | 10 | **s1** | 0.900 |",
         "teacher-space top-1",
-        "libreoffice",
-        "| de | 120 | 12 |",
+        "fixture: rows in 100, kept 90",
+        "| de | 80 | 10 |",
         "epochs: 2",
     ):
         assert needle in text, needle

@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from mdistill.evaluation.metrics import language_metrics, mse100, top1
+from mdistill.evaluation.functional import mse100, top1
+from mdistill.evaluation.table import language_row
 from mdistill.losses import MSELoss
 
 
@@ -22,5 +23,5 @@ def test_top1_and_mse100():
 def test_language_metrics_directions():
     en = np.eye(3, dtype=np.float32)
     xx = en[[0, 2, 1]]  # two translations swapped
-    m = language_metrics(xx, en, en)
-    assert m["teacher_space_top1"] == m["translation_top1_xx2en"] == m["translation_top1_en2xx"] == 1 / 3
+    m = language_row(xx, en, en)
+    assert m.teacher_space_top1 == m.translation_top1_xx2en == m.translation_top1_en2xx == 1 / 3

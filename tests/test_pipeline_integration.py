@@ -2,13 +2,12 @@
 (one of them layer-pruned) -> frozen passes -> two concurrent Ray Train runs (gloo) -> evaluation
 -> export + model cards -> report; then a warm re-run."""
 
-import json
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from mdistill.config import load_config
+from mdistill.report import load_report
 
 from conftest import tiny_run_overrides
 
@@ -45,53 +44,55 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
     report = run(cfg)
 
     # every input row is kept or rejected with its reason
-    m = report["corpus"]["languages"]
-    assert m["de"]["rows_in"] + m["fr"]["rows_in"] == len(pairs) + 2
+    m = report.corpus.languages
+    assert m["de"].rows_in + m["fr"].rows_in == len(pairs) + 2
     for lang in ("de", "fr"):
-        assert m[lang]["rows_in"] == m[lang]["kept"] + sum(m[lang]["rejected"].values())
-    assert m["de"]["rejected"]["empty"] >= 1 and m["fr"]["rejected"]["identical"] >= 1
+        assert m[lang].rows_in == m[lang].kept + sum(m[lang].rejected.values())
+    assert m["de"].rejected["empty"] >= 1 and m["fr"].rejected["identical"] >= 1
 
     # no English sentence in two splits
-    t = pq.read_table(f"{report['corpus_dir']}/pairs").to_pandas()
-    assert pq.read_table(f"{report['corpus_dir']}/quarantine").num_rows == sum(sum(v["rejected"].values()) for v in m.values())
+    t = pq.read_table(f"{report.corpus_dir}/pairs").to_pandas()
+    assert pq.read_table(f"{report.corpus_dir}/quarantine").num_rows == sum(sum(v.rejected.values()) for v in m.values())
     assert t.groupby("en")["split"].nunique().max() == 1
+
+    # the data counts: every English source once + every translation, train and dev
+    d = report.data
+    assert d.student_rows == d.train_english + sum(d.train_pairs.values()) + sum(d.dev_pairs.values()) + len(set(t[t.split == "dev"].en))
 
     # the table: the teacher, and per student the untrained model, the linear map and the student
     for lang in ("de", "fr"):
-        row = report["metrics"][lang]
-        assert row["n"] > 10
+        row = report.metrics[lang]
+        assert row.n == d.dev_pairs[lang] > 10
         for model in ("teacher", "full", "full:untrained", "full:linear_map", "pruned", "pruned:untrained", "pruned:linear_map"):
-            assert 0.0 <= row[model]["teacher_space_top1"] <= 1.0
-    students = report["students"]
-    assert students["full"]["layers"] == 3 and students["pruned"]["layers"] == 2
-    assert students["pruned"]["params"] < students["full"]["params"]
-    assert students["pruned"]["strategy"] == "deepspeed-zero2" and students["full"]["strategy"] == "ddp"
+            assert 0.0 <= row.models[model].teacher_space_top1 <= 1.0
+    students = report.students
+    assert students["full"].layers == 3 and students["pruned"].layers == 2
+    assert students["pruned"].params < students["full"].params
+    assert students["pruned"].strategy == "deepspeed-zero2" and students["full"].strategy == "ddp"
     for s in students.values():
-        assert s["history"][-1]["epoch"] == 2 and s["dev"]  # dev metric recorded during training
-    assert set(report["summary"]) >= {"teacher", "full", "pruned"}
-    assert report["teacher_cache"]["computed"] == report["teacher_cache"]["distinct_texts"] > 0
+        assert s.logs.history[-1].epoch == 2 and s.logs.dev  # dev metric recorded during training
+    assert set(report.summary) >= {"teacher", "full", "pruned"}
+    assert report.teacher_cache.computed == report.teacher_cache.distinct_texts > 0
 
     # each exported model loads with sentence-transformers, reproduces our vectors, has a card
     for name in ("full", "pruned"):
-        export = students[name]["export"]
-        assert export["max_abs_diff"] < 1e-3
-        st = load_sentence_transformer(export["path"], device="cpu")
+        export = students[name].export
+        assert export.max_abs_diff < 1e-3
+        st = load_sentence_transformer(export.path, device="cpu")
         assert st.encode(["Hallo Welt"]).shape == (1, 32)
         assert (tmp_path / "run" / "models" / name / "README.md").exists()
-    saved = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert saved["metrics"].keys() == report["metrics"].keys()
+    saved = load_report(tmp_path / "run")
+    assert saved == report
     md = (tmp_path / "run" / "report.md").read_text()
     assert "| de |" in md and "pruned" in md and (tmp_path / "run" / "metrics_by_language.png").exists()
 
     # warm re-run with other losses (the caches do not depend on the loss): no teacher or
-    # student-state forward pass for cached sentences
+    # student-state forward pass for cached sentences, the same training set
     again = run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"loss": "cosine"})}))
-    assert again["students"]["full"]["history"][-1]["loss_fn"] == "CosineLoss"
-    assert report["students"]["full"]["history"][-1]["loss_fn"] == "MSELoss"
-    assert again["corpus_reused"] and not report["corpus_reused"]
-    assert again["teacher_cache"]["computed"] == 0
-    assert all(s["states_cache"]["computed"] == 0 for s in again["students"].values())
-    assert again["teacher_cache"]["cache_hits"] == report["teacher_cache"]["distinct_texts"]
-    np.testing.assert_allclose(
-        again["metrics"]["de"]["teacher"]["teacher_space_top1"], report["metrics"]["de"]["teacher"]["teacher_space_top1"]
-    )
+    assert again.students["full"].logs.history[-1].loss_fn == "CosineLoss"
+    assert report.students["full"].logs.history[-1].loss_fn == "MSELoss"
+    assert again.corpus_reused and not report.corpus_reused
+    assert again.teacher_cache.computed == 0
+    assert all(s.states_cache.computed == 0 for s in again.students.values())
+    assert again.teacher_cache.cache_hits == report.teacher_cache.distinct_texts
+    np.testing.assert_allclose(again.metrics["de"].models["teacher"].teacher_space_top1, report.metrics["de"].models["teacher"].teacher_space_top1)

@@ -11,7 +11,7 @@ import pytest
 from mdistill.config import RegistryConfig, load_config
 from mdistill.registry import ModelRegistry, register_run
 
-KEY = "teacher_space_top1"
+from report_fixtures import KEY, run_report
 
 
 def _model(tmp_path: Path, tag: str) -> Path:
@@ -124,21 +124,16 @@ def test_latest_json_without_symlink(tmp_path):
 def test_register_run(tmp_path):
     run = tmp_path / "runs" / "demo"
     model = _model(tmp_path, "run")
-    report = {
-        "config": {"name": "demo", "teacher": {"model": "all-MiniLM-L6-v2"}},
-        "finished": "2026-11-22T10:00:00+00:00",
-        "metrics": {"de": {"n": 10, "small": {KEY: 0.9}, "big": {KEY: 0.95}}},
-        "students": {"small": {"export": {"path": str(model)}}, "big": {"export": {"path": str(model)}}},
-        "summary": {"small": {KEY: 0.9, "mse100": 0.2}, "big": {KEY: 0.95, "mse100": 0.18}},
-    }
+    report = run_report("demo", {"small": (str(model), 0.9), "big": (str(model), 0.95)}, teacher="all-MiniLM-L6-v2")
     run.mkdir(parents=True)
-    (run / "report.json").write_text(json.dumps(report))
+    (run / "report.json").write_text(report.model_dump_json())
     cfg = load_config(None, [f"registry.root={tmp_path / 'models'}"]).registry
     assert isinstance(cfg, RegistryConfig) and cfg.tolerance == 0.005 and cfg.key_metric == KEY
     r = register_run(run, cfg)
     assert r["name"] == "demo" and r["version"] == "v0001" and r["promoted"] and r["candidate"] == 0.9
     e = ModelRegistry(cfg.root).show("demo")
     assert e["info"]["student"] == "small" and e["info"]["teacher"] == "all-MiniLM-L6-v2" and e["metrics"]["mse100"] == 0.2
+    assert e["info"]["per_language"]["de"][KEY] == 0.9
     r = register_run(run, cfg.model_copy(update={"name": "demo-big"}), name="big")
     assert r["name"] == "demo-big" and r["candidate"] == 0.95
 
@@ -154,8 +149,7 @@ def test_models_cli(tmp_path):
     root = str(tmp_path / "models")
 
     def report(v):
-        rep = {"config": {"name": "demo"}, "students": {"s": {"export": {"path": str(model)}}}, "summary": {"s": {KEY: v}}}
-        (run / "report.json").write_text(json.dumps(rep))
+        (run / "report.json").write_text(run_report("demo", {"s": (str(model), v)}).model_dump_json())
 
     cli = CliRunner()
     report(0.9)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mdistill.config import ScheduleConfig, load_config
-from mdistill.pipelines.redistill import Scheduler
+from mdistill.redistill import Scheduler
 from mdistill.registry import ModelRegistry
 from mdistill.scheduler import LocalProcessBackend, due_fire
 

@@ -166,7 +166,7 @@ def test_submit_tiny_distillation(tmp_path, ray_head, tiny_models, pairs, monkey
     assert status == "SUCCEEDED", logs[-5000:]
 
     # the logs hold the run's progress lines and its report table; the report and model exist
-    assert "[mdistill]" in logs  # the pipeline's progress lines
+    assert "[mdistill.report] stage train done" in logs  # the pipeline's progress lines
     assert "| de |" in logs  # report.md, printed at the end of the run
     report = json.loads((out / "report.json").read_text())
     assert (out / "report.md").exists()

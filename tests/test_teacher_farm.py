@@ -11,12 +11,15 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mdistill.config import TeacherConfig
 from mdistill.teacher.cache import EmbeddingCache, cache_stats, verify_cache
+
+from conftest import teacher_pass
 
 
 @pytest.fixture(scope="module")
@@ -42,25 +45,23 @@ def direct(model_dir, texts):
 @pytest.mark.integration
 @pytest.mark.timeout(400)
 def test_cache_equals_direct_output_reruns_compute_only_new_texts(tmp_path, tiny_models, pairs, ray_local):
-    from mdistill.pipelines.teacher import teacher_pass
-
     cfg = TeacherConfig(model=str(tiny_models["teacher"]), batch_size=32)
     texts = texts_of(pairs, 600)
     cache, st = teacher_pass(cfg, texts + texts[:50], tmp_path)  # repeats are encoded once
-    assert st["distinct_texts"] == 600 and st["computed"] == 600
+    assert st.distinct_texts == 600 and st.computed == 600
     np.testing.assert_allclose(cache.lookup(texts), direct(tiny_models["teacher"], texts), atol=1e-5)
 
     _, st = teacher_pass(cfg, texts, tmp_path)
-    assert st["computed"] == 0 and st["cache_hits"] == 600  # returns before any actor starts
+    assert st.computed == 0 and st.cache_hits == 600  # returns before any actor starts
 
     more = texts_of(pairs, 660)[600:]  # +10% new sentences
     cache, st = teacher_pass(cfg, texts + more, tmp_path)
-    assert st["computed"] == 60 and st["cache_hits"] == 600
+    assert st.computed == 60 and st.cache_hits == 600
     assert cache_stats(cache.dir)["distinct_keys"] == cache_stats(cache.dir)["rows"] == 660
 
     # what changes outputs changes the fingerprint: another teacher never reads these vectors
     _, st_len = teacher_pass(cfg.model_copy(update={"max_seq_length": 64}), texts[:10], tmp_path)
-    assert st_len["fingerprint"] != st["fingerprint"] and st_len["computed"] == 10
+    assert st_len.fingerprint != st.fingerprint and st_len.computed == 10
     other = tmp_path / "teacher-cls"
     shutil.copytree(tiny_models["teacher"], other)
     pooling = next(other.glob("*Pooling/config.json"))
@@ -68,14 +69,12 @@ def test_cache_equals_direct_output_reruns_compute_only_new_texts(tmp_path, tiny
     conf.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
     pooling.write_text(json.dumps(conf))
     _, st_pool = teacher_pass(cfg.model_copy(update={"model": str(other)}), texts[:10], tmp_path)
-    assert st_pool["fingerprint"] not in (st["fingerprint"], st_len["fingerprint"]) and st_pool["computed"] == 10
+    assert st_pool.fingerprint not in (st.fingerprint, st_len.fingerprint) and st_pool.computed == 10
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(400)
 def test_corrupt_shard_is_detected_and_its_texts_recomputed(tmp_path, tiny_models, pairs, ray_local):
-    from mdistill.pipelines.teacher import teacher_pass
-
     cfg = TeacherConfig(model=str(tiny_models["teacher"]), batch_size=32)
     texts = texts_of(pairs, 300)
     cache, _ = teacher_pass(cfg, texts, tmp_path)
@@ -83,7 +82,7 @@ def test_corrupt_shard_is_detected_and_its_texts_recomputed(tmp_path, tiny_model
     lost = EmbeddingCache(tmp_path / "teacher", cache.fingerprint)._read(shard, ["key"]).num_rows
     shard.write_bytes(shard.read_bytes()[:100])  # a truncated shard
     cache, st = teacher_pass(cfg, texts, tmp_path)
-    assert st["corrupt_shards"] == [str(shard)] and st["computed"] == lost
+    assert st.corrupt_shards == [str(shard)] and st.computed == lost
     assert (cache.dir / "corrupt" / shard.name).exists() and not verify_cache(cache.dir)["bad_shards"]
     np.testing.assert_allclose(cache.lookup(texts), direct(tiny_models["teacher"], texts), atol=1e-5)
 
@@ -92,8 +91,6 @@ def test_corrupt_shard_is_detected_and_its_texts_recomputed(tmp_path, tiny_model
 @pytest.mark.timeout(500)
 def test_killed_actor_mid_pass_every_text_present_once(tmp_path, tiny_models, pairs, ray_local):
     import psutil
-
-    from mdistill.pipelines.teacher import teacher_pass
 
     cfg = TeacherConfig(model=str(tiny_models["teacher"]), batch_size=16)
     texts = texts_of(pairs, 12_000)
@@ -122,13 +119,14 @@ def test_killed_actor_mid_pass_every_text_present_once(tmp_path, tiny_models, pa
 DRIVER = """
 import sys, ray
 from pathlib import Path
+sys.path.insert(0, sys.argv[5])  # the tests folder: conftest.teacher_pass, the recipe's teacher stage
+from conftest import teacher_pass
 from mdistill.config import TeacherConfig
-from mdistill.pipelines.teacher import teacher_pass
 model, root, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 texts = [line for line in Path(sys.argv[4]).read_text().split("\\n") if line][:n]
 ray.init(num_cpus=2, include_dashboard=False)
 _, st = teacher_pass(TeacherConfig(model=model, batch_size=16), texts, root)
-print("COMPUTED", st["computed"])
+print("COMPUTED", st.computed)
 """
 
 
@@ -139,7 +137,7 @@ def test_killed_driver_rerun_reuses_committed_shards_and_ends_like_a_clean_run(t
     tf = tmp_path / "texts.txt"
     tf.write_text("\n".join(texts))
     root = tmp_path / "killed"
-    args = [sys.executable, "-c", DRIVER, str(tiny_models["teacher"]), str(root), str(len(texts)), str(tf)]
+    args = [sys.executable, "-c", DRIVER, str(tiny_models["teacher"]), str(root), str(len(texts)), str(tf), str(Path(__file__).parent)]
     # the driver and the local Ray it started, in their own process group: kill them all at once
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.time() + 420

@@ -10,10 +10,11 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from mdistill.config import StudentConfig, TrainConfig
+from mdistill.config import TrainConfig
 
 pytestmark = pytest.mark.integration
 
@@ -26,22 +27,21 @@ LOSS_RTOL = 1e-5
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # the same rows reach the same worker in every run
+    ray.init(num_cpus=2, include_dashboard=False)  # the trainers' DataConfig keeps the row order (stages.train.data_config)
     yield
     ray.shutdown()
 
 
 @pytest.fixture(scope="module")
-def states(tmp_path_factory, tiny_models, pairs):
-    """States files as the frozen pass writes them: the tiny student's bottom 1 of 3 layers, and
-    targets from the tiny teacher (dimension 32, no head needed)."""
+def training_set(tmp_path_factory, tiny_models, pairs):
+    """A training set as ``stages.student.prepare_training_set`` writes it: the tiny student's
+    bottom 1 of 3 layers per row, targets from the tiny teacher (dimension 32, no head needed)."""
     from mdistill.encode import encode_batch, load_sentence_transformer
     from mdistill.models.split import bottom_states
-    from mdistill.teacher.cache import embeddings_table
+    from mdistill.stages.student import TrainingSet
+    from mdistill.teacher.cache import embeddings_table, text_key
 
-    out = tmp_path_factory.mktemp("states")
+    out = tmp_path_factory.mktemp("training_set")
     df = pairs.head(240).reset_index(drop=True)
     split = ["dev" if i % 6 == 0 else "train" for i in range(len(df))]
     teacher = load_sentence_transformer(str(tiny_models["teacher"]), device="cpu")
@@ -50,6 +50,7 @@ def states(tmp_path_factory, tiny_models, pairs):
     hidden, pooled = bottom_states(st, list(df.text), 1, prompt="query: ")
     table = pa.table(
         {
+            "key": [text_key(t) for t in df.text],
             "text": list(df.text),
             "lang": list(df.lang),
             "en": list(df.en),
@@ -61,45 +62,62 @@ def states(tmp_path_factory, tiny_models, pairs):
             "pooled": embeddings_table(list(df.text), pooled).column("embedding"),
         }
     )
-    for i in range(0, table.num_rows, 64):
-        pq.write_table(table.slice(i, 64), out / f"part-{i // 64:05d}.parquet")
-    return out, split.count("train")
+    for part in ("train", "dev"):
+        rows = table.filter(pc.equal(table.column("split"), part)).drop_columns(["split"])
+        (out / f"split={part}").mkdir()
+        for i in range(0, rows.num_rows, 64):
+            pq.write_table(rows.slice(i, 64), out / f"split={part}" / f"part-{i // 64:05d}.parquet")
+    return TrainingSet(out, "fixture", len(df), split.count("train"), split.count("dev"), states=True)
 
 
-def _trainer(states, tiny_models, run_dir, name="student", **train):
-    from mdistill.pipelines.train import train_student
+def _trainer(training_set, tiny_models, run_dir, name="student", **train):
+    """The recipe's trainer (``pipelines/run.py``, step 4) for the fixture's training set."""
+    from ray.train.torch import TorchTrainer
 
-    folder, rows = states
+    from mdistill.stages import train as stage
+    from mdistill.training.loop import LoopConfig, train_loop_per_worker
+
     t = TrainConfig(workers=2, epochs=2, batch_size=8, bucket_rows=32, log_every=2, lr=1e-3, **train)
-    return train_student(
-        name, StudentConfig(train_layers=2), t, seed=0, student_path=str(tiny_models["student"]), states_dir=folder,
-        train_rows=rows, dense=None, run_dir=run_dir,
+    scaling, threads = stage.scaling(t)
+    loop = LoopConfig(
+        student_path=str(tiny_models["student"]), train_layers=2, dropout=0.0, prompt="query: ", max_seq_length=64, head_path=None,
+        dev_dir=str(training_set.dev_dir), train_rows=training_set.train_rows, threads=threads, seed=0, train=t,
     )  # fmt: skip
+    storage = run_dir / "ray_train"
+    stage.fresh_or_resume(storage / name, loop, training_set)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"loop": loop.model_dump()},
+        scaling_config=scaling,
+        datasets={"train": training_set.train()},
+        dataset_config=stage.data_config(),
+        run_config=stage.run_config(name, storage, t),
+    )
 
 
 def _losses(result) -> list[float]:
-    from mdistill.pipelines.train import load_trained
+    from mdistill.stages.train import load_trained
 
-    return [h["loss"] for h in load_trained(result)["logs"]["history"]]
+    return [h.loss for h in load_trained(result).logs.history]
 
 
 @pytest.fixture(scope="module")
-def ddp_run(states, tiny_models, ray_local, tmp_path_factory):
+def ddp_run(training_set, tiny_models, ray_local, tmp_path_factory):
     """The uninterrupted DDP run the others are compared with."""
-    from mdistill.pipelines.train import load_trained
+    from mdistill.stages.train import load_trained
 
-    return load_trained(_trainer(states, tiny_models, tmp_path_factory.mktemp("ddp")).fit())
+    return load_trained(_trainer(training_set, tiny_models, tmp_path_factory.mktemp("ddp")).fit())
 
 
 @pytest.mark.timeout(600)
-def test_ddp_and_zero_stages_train_to_the_same_losses(states, tiny_models, ddp_run, tmp_path):
-    losses = {"ddp": [h["loss"] for h in ddp_run["logs"]["history"]]}
+def test_ddp_and_zero_stages_train_to_the_same_losses(training_set, tiny_models, ddp_run, tmp_path):
+    losses = {"ddp": [h.loss for h in ddp_run.logs.history]}
     for label, kw in {
         "zero1": {"strategy": "deepspeed", "zero_stage": 1},
         "zero2": {"strategy": "deepspeed", "zero_stage": 2},
         "zero3": {"strategy": "deepspeed", "zero_stage": 3},
     }.items():
-        losses[label] = _losses(_trainer(states, tiny_models, tmp_path / label, **kw).fit())
+        losses[label] = _losses(_trainer(training_set, tiny_models, tmp_path / label, **kw).fit())
     print(losses)
     assert losses["ddp"][1] < losses["ddp"][0]  # it learns
     for label in ("zero1", "zero2", "zero3"):
@@ -133,37 +151,35 @@ def _kill_one_worker_after_first_checkpoint(storage, stop: threading.Event) -> l
 
 
 @pytest.mark.timeout(600)
-def test_killed_worker_resumes_from_its_last_checkpoint(states, tiny_models, ddp_run, tmp_path):
-    from mdistill.pipelines.train import load_trained
+def test_killed_worker_resumes_from_its_last_checkpoint(training_set, tiny_models, ddp_run, tmp_path):
+    from mdistill.stages.train import load_trained
 
     stop = threading.Event()
     killed = _kill_one_worker_after_first_checkpoint(tmp_path / "ray_train", stop)
-    result = _trainer(states, tiny_models, tmp_path, checkpoint_every=3, max_failures=2).fit()
+    result = _trainer(training_set, tiny_models, tmp_path, checkpoint_every=3, max_failures=2).fit()
     stop.set()
     assert killed, "no worker was killed"
-    trained = load_trained(result)
-    logs = trained["logs"]
-    assert logs.get("resumed_at"), killed
+    logs = load_trained(result).logs
+    assert logs.resumed_at, killed
     # the same data, the same batch order per epoch: the final metrics match the uninterrupted run's
-    base = ddp_run["logs"]["dev"][-1]
-    final = logs["dev"][-1]
-    assert final["dev_mse100"] == pytest.approx(base["dev_mse100"], rel=0.05)
-    assert final["dev_teacher_space_top1"] == pytest.approx(base["dev_teacher_space_top1"], abs=0.05)
+    base, final = ddp_run.logs.dev[-1], logs.dev[-1]
+    assert final.pooled_mse100 == pytest.approx(base.pooled_mse100, rel=0.05)
+    assert final.pooled_teacher_space_top1 == pytest.approx(base.pooled_teacher_space_top1, abs=0.05)
 
 
 @pytest.mark.timeout(600)
-def test_stopped_run_resumes_when_run_again(states, tiny_models, ddp_run, tmp_path):
+def test_stopped_run_resumes_when_run_again(training_set, tiny_models, ddp_run, tmp_path):
     import ray.train
 
-    from mdistill.pipelines.train import load_trained
+    from mdistill.stages.train import load_trained
 
     stop = threading.Event()
     killed = _kill_one_worker_after_first_checkpoint(tmp_path / "ray_train", stop)
     with pytest.raises(ray.train.TrainingFailedError):  # no failures allowed: the run stops
-        _trainer(states, tiny_models, tmp_path, checkpoint_every=3, max_failures=0).fit()
+        _trainer(training_set, tiny_models, tmp_path, checkpoint_every=3, max_failures=0).fit()
     stop.set()
     assert killed
-    result = _trainer(states, tiny_models, tmp_path, checkpoint_every=3, max_failures=0).fit()  # the same settings: resume
-    logs = load_trained(result)["logs"]
-    assert logs["resumed_at"][0] > 0
-    assert logs["dev"][-1]["dev_mse100"] == pytest.approx(ddp_run["logs"]["dev"][-1]["dev_mse100"], rel=0.05)
+    result = _trainer(training_set, tiny_models, tmp_path, checkpoint_every=3, max_failures=0).fit()  # the same settings: resume
+    logs = load_trained(result).logs
+    assert logs.resumed_at[0] > 0
+    assert logs.dev[-1].pooled_mse100 == pytest.approx(ddp_run.logs.dev[-1].pooled_mse100, rel=0.05)

@@ -40,7 +40,7 @@ def test_trimmed_model_gives_the_same_vectors_for_covered_text(tmp_path, pairs, 
     all_texts = list(pairs.en) + list(pairs.text)
     src = make_tiny_model(tmp_path / "src", all_texts) if kind == "WordPiece" else _unigram_model(tmp_path / "src", all_texts)
     corpus = list(pairs.text[:60]) + list(pairs.en[:60])  # a small corpus: few pieces used
-    info = trim_vocabulary(src, corpus, tmp_path / "trimmed")
+    info = trim_vocabulary(src, tmp_path / "trimmed", texts=corpus)
     assert info["tokenizer"] == kind
     assert info["vocab_after"] < info["vocab_before"] and info["params_after"] < info["params_before"]
 

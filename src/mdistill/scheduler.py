@@ -1,4 +1,4 @@
-"""Parts of ``mdistill schedule`` (the recipe of one tick is ``pipelines/redistill.py``):
+"""Parts of ``mdistill schedule`` (one tick is ``redistill.Scheduler.tick``):
 
 - ``Clock``: ``now()`` / ``sleep()``, injectable so tests control time;
 - job backends with one interface: ``RayJobsBackend`` (a cluster's Jobs API) and

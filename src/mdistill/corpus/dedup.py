@@ -1,8 +1,13 @@
 """The second pass over one dedup bucket: exact pair deduplication, then the corpus files.
 
 Every row with the same English sentence was routed to the same bucket, so a bucket alone can
-decide duplicates and list its English sentences once. "First" is by (origin, position), so the
-result does not depend on the order in which tasks ran.
+decide duplicates, number the translations of each (English, language) and list its English
+sentences once. "First" is by (origin, position), so the result does not depend on the order in
+which tasks ran.
+
+``variant`` numbers the kept translations of one (English, language) by text: 0 is the smallest.
+Training and evaluation take ``variant == 0`` (one right answer per English sentence and
+language), a filter that streams instead of a group-by over the whole corpus.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-PAIR_COLUMNS = ["en", "lang", "text", "split", "source", "origin", "position"]
+PAIR_COLUMNS = ["en", "lang", "text", "split", "variant", "source", "origin", "position"]
 QUARANTINE_COLUMNS = ["en", "lang", "text", "reason", "raw", "source", "origin", "position"]
 COUNT_KEYS = ["source", "origin", "lang", "reason", "split"]
 
@@ -31,6 +36,20 @@ def mark_duplicates(t: pa.Table) -> pa.Table:
     )
 
 
+def number_variants(pairs: pa.Table) -> pa.Array:
+    """0, 1, 2, ... for the translations of each (en, lang), in text order (0: the smallest)."""
+    if pairs.num_rows == 0:
+        return pa.array([], pa.int32())
+    order = pairs.append_column("idx", pa.array(np.arange(pairs.num_rows))).sort_by([("lang", "ascending"), ("en", "ascending"), ("text", "ascending")])
+    en, lang = order.column("en").to_numpy(zero_copy_only=False), order.column("lang").to_numpy(zero_copy_only=False)
+    new_group = np.r_[True, (en[1:] != en[:-1]) | (lang[1:] != lang[:-1])]
+    starts = np.flatnonzero(new_group)
+    rank = np.arange(len(en)) - np.repeat(starts, np.diff(np.r_[starts, len(en)]))
+    out = np.empty(len(en), np.int32)
+    out[order.column("idx").to_numpy()] = rank
+    return pa.array(out)
+
+
 def finish_bucket(staged: Path, out: Path, bucket: int, dedup: bool = True) -> pa.Table:
     """Read ``staged`` (one bucket's rows), write ``out/{pairs,quarantine,english}/part-NNNNN.parquet``
     and return the bucket's row counts by (source, origin, lang, reason, split)."""
@@ -39,7 +58,8 @@ def finish_bucket(staged: Path, out: Path, bucket: int, dedup: bool = True) -> p
     if dedup:
         t = mark_duplicates(t)
     kept = pc.is_null(t.column("reason"))
-    pairs = t.filter(kept).select(PAIR_COLUMNS)
+    pairs = t.filter(kept)
+    pairs = pairs.append_column("variant", number_variants(pairs)).select(PAIR_COLUMNS)
     quarantine = t.filter(pc.invert(kept)).select(QUARANTINE_COLUMNS)
     english = (
         pairs.group_by(["en", "split"], use_threads=False)

@@ -36,7 +36,7 @@ from typing import Literal
 
 import numpy as np
 
-from mdistill.evaluation.metrics import _unit, embed
+from mdistill.evaluation.functional import embed, unit
 
 Mode = Literal["max_score", "forward", "backward", "intersection"]
 
@@ -61,7 +61,7 @@ class BitextMiningEvaluator:
     def knn(x: np.ndarray, y: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """For each row of ``x``, the cosine similarities [n, k] and indices [n, k] of its ``k``
         nearest rows of ``y``, best first (row blocks bound the memory of the similarity matrix)."""
-        xu, yu, k = _unit(x), _unit(y), min(k, len(y))
+        xu, yu, k = unit(x), unit(y), min(k, len(y))
         sims, inds = np.empty((len(x), k), np.float32), np.empty((len(x), k), np.int64)
         for s in range(0, len(x), block):
             sim = xu[s : s + block] @ yu.T

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mdistill.evaluation.metrics import embed, mse100
+from mdistill.evaluation.functional import embed, mse100
 
 
 class MSEEvaluator:

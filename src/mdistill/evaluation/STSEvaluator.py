@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mdistill.evaluation.metrics import _unit, embed
+from mdistill.evaluation.functional import embed, unit
 
 
 def rankdata(x: np.ndarray) -> np.ndarray:
@@ -54,7 +54,7 @@ class STSEvaluator:
 
     @staticmethod
     def compute(emb1: np.ndarray, emb2: np.ndarray, scores: Sequence[float]) -> dict[str, float]:
-        cos = (_unit(emb1) * _unit(emb2)).sum(1).astype(np.float64)
+        cos = (unit(emb1) * unit(emb2)).sum(1).astype(np.float64)
         scores = np.asarray(scores, dtype=np.float64)
         return {"spearman_cosine": pearson(rankdata(cos), rankdata(scores)), "pearson_cosine": pearson(cos, scores), "n": len(scores)}
 

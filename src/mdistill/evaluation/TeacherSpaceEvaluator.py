@@ -7,8 +7,10 @@ teacher's vector of its own English source among all English sources of the set.
 the student's dimension equals the teacher's; otherwise the metric is ``None``.
 
 Inputs: ``student_xx`` [n, dim] (the student's vectors of the translations) and ``teacher_en``
-[n, dim] (the teacher's vectors of their English sources, row i paired with row i). With
-``student_en`` also given, ``teacher_space_top1_en`` is the same for the English sentences.
+[m, dim] (the index: the teacher's vectors of the English sources). Row i of ``student_xx`` belongs
+to row i of ``teacher_en`` (m = n), or to row ``answers[i]`` when given (one index shared by the
+translations of several languages). With ``student_en`` also given, ``teacher_space_top1_en`` is
+the same for the English sentences.
 
 Example::
 
@@ -16,6 +18,8 @@ Example::
     >>> t = np.eye(3)
     >>> TeacherSpaceEvaluator.compute(t[[0, 1, 1]], t)["teacher_space_top1"]
     0.6666666666666666
+    >>> TeacherSpaceEvaluator.compute(t[[0, 1, 1, 2]], t, answers=[0, 1, 2, 2])["teacher_space_top1"]
+    0.75
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mdistill.evaluation.metrics import embed, top1
+from mdistill.evaluation.functional import embed, top1
 
 
 class TeacherSpaceEvaluator:
@@ -35,11 +39,17 @@ class TeacherSpaceEvaluator:
         self.teacher_en = embed(teacher_model, self.english, batch_size=batch_size)  # the index, computed once
 
     @staticmethod
-    def compute(student_xx: np.ndarray, teacher_en: np.ndarray, student_en: np.ndarray | None = None) -> dict[str, float | None]:
+    def compute(
+        student_xx: np.ndarray,
+        teacher_en: np.ndarray,
+        student_en: np.ndarray | None = None,
+        *,
+        answers: Sequence[int] | np.ndarray | None = None,
+    ) -> dict[str, float | None]:
         ok = student_xx.shape[1] == teacher_en.shape[1]
-        out = {"teacher_space_top1": top1(student_xx, teacher_en) if ok else None}
+        out = {"teacher_space_top1": top1(student_xx, teacher_en, answers) if ok else None}
         if student_en is not None:
-            out["teacher_space_top1_en"] = top1(student_en, teacher_en) if ok else None
+            out["teacher_space_top1_en"] = top1(student_en, teacher_en, answers) if ok else None
         return out
 
     def __call__(self, model) -> dict[str, float | None]:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mdistill.evaluation.metrics import embed, top1
+from mdistill.evaluation.functional import embed, top1
 
 
 class TranslationEvaluator:

@@ -1,9 +1,9 @@
-"""Evaluators on numpy embedding matrices (each also encodes with a SentenceTransformer when
-called with a model). One concept per file; ``metrics.language_metrics`` is the run's table row."""
+"""Evaluators on numpy embedding matrices; each also encodes with a SentenceTransformer when
+called with a model. One concept per file; ``table`` builds the run's per-language table from
+their ``compute`` methods, ``functional`` holds the vector primitives they share."""
 
 from mdistill.evaluation.BitextMiningEvaluator import BitextMiningEvaluator
 from mdistill.evaluation.ClassificationEvaluator import ClassificationEvaluator
-from mdistill.evaluation.metrics import language_metrics, mse100, top1
 from mdistill.evaluation.MSEEvaluator import MSEEvaluator
 from mdistill.evaluation.STSEvaluator import STSEvaluator
 from mdistill.evaluation.TeacherSpaceEvaluator import TeacherSpaceEvaluator
@@ -16,7 +16,4 @@ __all__ = [
     "STSEvaluator",
     "TeacherSpaceEvaluator",
     "TranslationEvaluator",
-    "language_metrics",
-    "mse100",
-    "top1",
 ]

@@ -9,6 +9,7 @@ import hashlib
 import json
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from mdistill.assets import resolve_model
@@ -36,8 +37,13 @@ def _build_once(out: Path, build) -> dict | None:
     return info
 
 
-def build_student(student: StudentConfig, cache_dir: Path, corpus_texts: list[str] | None = None) -> dict:
-    """``{"path": a sentence-transformers directory, "steps": [what was done, with counts]}``."""
+def build_student(
+    student: StudentConfig, cache_dir: Path, *, used_ids: Callable[[str, str], set[int]] | None = None, corpus_key: str | None = None
+) -> dict:
+    """``{"path": a sentence-transformers directory, "steps": [what was done, with counts]}``.
+
+    ``used_ids(model_dir, prompt)``: the tokenizer ids the training corpus uses (vocabulary
+    trimming); ``corpus_key``: what identifies that corpus (a trimmed student is cached by it)."""
     from mdistill.models.prune_layers import prune_layers
     from mdistill.models.trim_vocab import trim_vocabulary
 
@@ -51,15 +57,14 @@ def build_student(student: StudentConfig, cache_dir: Path, corpus_texts: list[st
         steps.append({"step": "prune_layers", **info})
         path = str(out)
     if student.trim_vocab:
-        if not corpus_texts:
-            raise ValueError("student.trim_vocab needs the corpus texts")
-        from mdistill.encode import default_prompt, load_sentence_transformer
+        if used_ids is None or corpus_key is None:
+            raise ValueError("student.trim_vocab needs the corpus (used_ids and corpus_key)")
+        from mdistill.models.st_format import default_prompt_of
 
-        prompt = default_prompt(load_sentence_transformer(path, device="cpu")) if student.prompt is None else student.prompt
-        texts = sorted({prompt + t for t in corpus_texts})
-        digest = hashlib.blake2b("\n".join(texts).encode(), digest_size=10).hexdigest()
-        out = root / f"trimmed-{_key(path, texts=digest)}"
-        info = _build_once(out, lambda tmp: trim_vocabulary(path, texts, tmp))
+        prompt = default_prompt_of(path) if student.prompt is None else student.prompt
+        out = root / f"trimmed-{_key(path, corpus=corpus_key, prompt=prompt)}"
+        src = path
+        info = _build_once(out, lambda tmp: trim_vocabulary(src, tmp, used_ids=used_ids(src, prompt)))
         steps.append({"step": "trim_vocab", **info})
         path = str(out)
     return {"path": path, "steps": steps}

@@ -117,26 +117,84 @@ class TopStudent(nn.Module):
         return torch.nn.functional.normalize(e, dim=-1)
 
 
-def lstsq_dense(x: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> nn.Linear:
-    """The least-squares affine map x -> y as an ``nn.Linear`` (the linear-map baseline).
+class FullStudent(nn.Module):
+    """The whole student (embeddings and every layer) + mean pooling + optional Dense + normalize,
+    from token ids: the full fine-tune (``student.train_layers: all``). The encoder is the
+    SentenceTransformer's own module, so training this trains that model in place."""
 
-    ``ridge`` > 0 adds an L2 penalty of ``ridge`` x the mean eigenvalue of the centred x'x. Pure
-    least squares on few rows is ill-conditioned (pooled vectors share a large common
-    component), and a head that amplifies tiny changes of its input cannot be trained under it.
+    def __init__(self, st_model, dense: nn.Linear | None = None):
+        super().__init__()
+        self.bert = _bert(st_model)
+        self.config = self.bert.config
+        self.dense = dense
+
+    def set_dropout(self, p: float) -> None:
+        for m in self.bert.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.bert(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        e = mean_pool(x, mask)
+        if self.dense is not None:
+            e = self.dense(e)
+        return torch.nn.functional.normalize(e, dim=-1)
+
+
+def pad_ids(ids: Sequence[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad variable-length token id arrays into a batch and its attention mask."""
+    L = max(len(x) for x in ids)
+    out = torch.full((len(ids), L), pad_id, dtype=torch.long)
+    m = torch.zeros(len(ids), L, dtype=torch.long)
+    for i, x in enumerate(ids):
+        out[i, : len(x)] = torch.from_numpy(np.asarray(x, dtype=np.int64))
+        m[i, : len(x)] = 1
+    return out, m
+
+
+# -- the linear map x -> y, from sums that stream ---------------------------------------------------
+
+
+def gram_sums(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """The sufficient statistics of least squares from ``x`` to ``y`` (float64): row count, sums
+    and cross products. Sums of disjoint row sets add up, so a corpus of any size is reduced
+    block by block (Ray Data ``map_batches``) and nothing holds all the rows."""
+    x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return {"n": np.array(len(x64), np.float64), "sx": x64.sum(0), "sy": y64.sum(0), "sxx": x64.T @ x64, "sxy": x64.T @ y64}
+
+
+def add_sums(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return dict(b) if a is None else {k: a[k] + b[k] for k in a}
+
+
+def lstsq_from_sums(s: dict[str, np.ndarray], ridge: float = 0.0) -> nn.Linear:
+    """The least-squares affine map as an ``nn.Linear`` (the linear-map baseline), from ``gram_sums``.
+
+    ``ridge`` > 0 adds an L2 penalty of ``ridge`` x the mean eigenvalue of the centred x'x (the
+    bias is not penalised). Pure least squares on few rows is ill-conditioned (pooled vectors
+    share a large common component), and a head that amplifies tiny changes of its input cannot
+    be trained under it.
     """
-    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    n, sx, sy, sxx, sxy = float(s["n"]), s["sx"], s["sy"], s["sxx"], s["sxy"]
     if ridge > 0:
-        mx, my = x64.mean(0), y64.mean(0)
-        xc = x64 - mx
-        gram = xc.T @ xc
+        mx, my = sx / n, sy / n
+        gram = sxx - n * np.outer(mx, mx)  # centred x'x
         gram[np.diag_indices_from(gram)] += ridge * np.trace(gram) / len(gram)
-        wt = np.linalg.solve(gram, xc.T @ (y64 - my))
-        w = np.vstack([wt, my - mx @ wt])
-    else:
-        xb = np.hstack([x64, np.ones((len(x64), 1))])
-        w = np.linalg.lstsq(xb, y64, rcond=None)[0]
-    lin = nn.Linear(x.shape[1], y.shape[1])
+        wt = np.linalg.solve(gram, sxy - n * np.outer(mx, my))
+        bias = my - mx @ wt
+    else:  # normal equations of [x, 1]; lstsq gives the minimum-norm solution when they are singular
+        d = len(sx)
+        g = np.empty((d + 1, d + 1))
+        g[:d, :d], g[:d, d], g[d, :d], g[d, d] = sxx, sx, sx, n
+        w = np.linalg.lstsq(g, np.vstack([sxy, sy[None, :]]), rcond=None)[0]
+        wt, bias = w[:d], w[d]
+    lin = nn.Linear(sxy.shape[0], sxy.shape[1])
     with torch.no_grad():
-        lin.weight.copy_(torch.from_numpy(w[:-1].T.astype(np.float32)))
-        lin.bias.copy_(torch.from_numpy(w[-1].astype(np.float32)))
+        lin.weight.copy_(torch.from_numpy(wt.T.astype(np.float32)))
+        lin.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
     return lin
+
+
+def lstsq_dense(x: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> nn.Linear:
+    """``lstsq_from_sums`` on rows held in memory."""
+    return lstsq_from_sums(gram_sums(x, y), ridge)

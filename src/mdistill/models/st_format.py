@@ -1,10 +1,29 @@
-"""Write a model in the sentence-transformers directory format, using sentence-transformers itself."""
+"""The sentence-transformers directory format: write one (using sentence-transformers itself), and read
+what a run needs from one without loading its weights."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def default_prompt_of(model_dir: str | Path) -> str:
+    """The default prompt a sentence-transformers directory declares (e5: "query: "), read
+    without loading the weights."""
+    f = Path(model_dir) / "config_sentence_transformers.json"
+    if not f.is_file():
+        return ""
+    meta = json.loads(f.read_text())
+    name = meta.get("default_prompt_name")
+    return (meta.get("prompts") or {}).get(name, "") if name else ""
+
+
+def num_layers(model_dir: str | Path) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(model_dir)).num_hidden_layers
 
 
 def write_sentence_transformer(out_dir: str | Path, hf_model, tokenizer, *, max_seq_length: int, prompt: str = "") -> Path:

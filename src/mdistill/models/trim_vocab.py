@@ -50,9 +50,12 @@ def _remap_special_ids(node, remap: dict[int, int]):
     return node
 
 
-def trim_vocabulary(model_dir: str | Path, texts: Iterable[str], out_dir: str | Path) -> dict:
-    """Write a copy of a sentence-transformers model with only the pieces ``texts`` use; returns
-    vocabulary sizes and parameter counts before and after."""
+def trim_vocabulary(model_dir: str | Path, out_dir: str | Path, *, texts: Iterable[str] | None = None, used_ids: set[int] | None = None) -> dict:
+    """Write a copy of a sentence-transformers model with only the pieces ``texts`` use (or the
+    ids ``used_ids``, counted elsewhere, e.g. on Ray Data); returns vocabulary sizes and
+    parameter counts before and after."""
+    if (texts is None) == (used_ids is None):
+        raise ValueError("give texts or used_ids")
     import torch
     from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
@@ -66,7 +69,8 @@ def trim_vocabulary(model_dir: str | Path, texts: Iterable[str], out_dir: str | 
     if kind not in ("Unigram", "WordPiece"):
         raise ValueError(f"vocabulary trimming supports Unigram and WordPiece tokenizers, not {kind}")
 
-    keep = sorted(used_token_ids(tok, texts) | set(tok.all_special_ids) | {a["id"] for a in spec.get("added_tokens", [])})
+    used = used_token_ids(tok, texts) if texts is not None else set(used_ids)
+    keep = sorted(used | set(tok.all_special_ids) | {a["id"] for a in spec.get("added_tokens", [])})
     remap = {old: new for new, old in enumerate(keep)}
     if kind == "Unigram":
         spec["model"]["vocab"] = [spec["model"]["vocab"][i] for i in keep]

@@ -9,13 +9,15 @@ never read: they live under another fingerprint.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,33 @@ class EmbeddingCache:
 
     def shards(self) -> list[Path]:
         return sorted(p for p in self.dir.glob("*.parquet") if not p.name.startswith("."))
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Held for a whole pass: two runs filling the same fingerprint take turns, so the second
+        computes only what the first did not, and no key is written twice."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def readable_shards(self) -> list[Path]:
+        """Shards whose footer reads and that have a ``key`` column; the others are moved to
+        ``corrupt/`` (their texts are then missing and get recomputed)."""
+        good = []
+        for shard in self.shards():
+            try:
+                if "key" not in pq.read_schema(shard).names:
+                    raise ValueError("no key column")
+                good.append(shard)
+            except Exception as e:  # truncated or garbled footer: report, set aside, recompute
+                log.warning("cache %s: unreadable shard %s (%s); its texts will be recomputed", self.fingerprint, shard.name, e)
+                self.corrupt.append(shard)
+        self.quarantine_corrupt()
+        return good
 
     def write_meta(self, **meta) -> None:
         """What produced these vectors (model, settings), and when the cache was last used."""

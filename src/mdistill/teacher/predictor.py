@@ -19,6 +19,11 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def _keys(batch: pa.Table, texts: list[str]) -> list[str]:
+    """The batch's ``key`` column when the caller computed it, else the keys of ``texts``."""
+    return batch.column("key").to_pylist() if "key" in batch.column_names else [text_key(t) for t in texts]
+
+
 class TeacherPredictor:
     """Teacher sentence embeddings keyed by text hash (the cache's shard format)."""
 
@@ -32,7 +37,7 @@ class TeacherPredictor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch.column("text").to_pylist()
         emb = encode_batch(self.model, texts, batch_size=self.batch_size, prompt=self.prompt)
-        return embeddings_table([text_key(t) for t in texts], emb, self.dtype)
+        return embeddings_table(_keys(batch, texts), emb, self.dtype)
 
 
 class LogitsPredictor:
@@ -55,28 +60,39 @@ class LogitsPredictor:
         logits = classify_batch(
             self.model, self.tokenizer, texts, batch_size=self.batch_size, max_seq_length=self.max_seq_length, prompt=self.prompt
         )
-        return embeddings_table([text_key(t) for t in texts], logits).rename_columns(["key", "logits"])
+        return embeddings_table(_keys(batch, texts), logits).rename_columns(["key", "logits"])
 
 
 class BottomStatesPredictor:
-    """The frozen student's layer-k hidden states (float16 bytes) and its mean-pooled output,
-    keyed by text hash like the teacher cache: columns ``key``, ``hidden``, ``length``, ``dim``,
-    ``pooled``."""
+    """The untrained student's mean-pooled output (``pooled``: what the linear-map baseline and the
+    Dense head see) and, with ``keep_states``, its hidden states after ``frozen_layers`` layers
+    (``hidden``: float16 bytes, ``length``, ``dim``: what the top layers train on), keyed by text
+    hash like the teacher cache. A full fine-tune keeps no states: it trains from text."""
 
-    def __init__(self, model: str, frozen_layers: int, max_seq_length: int, batch_size: int, prompt: str, threads: int | None = None):
+    def __init__(
+        self,
+        model: str,
+        frozen_layers: int,
+        max_seq_length: int,
+        batch_size: int,
+        prompt: str,
+        keep_states: bool = True,
+        threads: int | None = None,
+    ):
         _threads(threads)
         self.model = load_sentence_transformer(model, max_seq_length=max_seq_length)
-        self.frozen_layers, self.batch_size, self.prompt = frozen_layers, batch_size, prompt
+        self.frozen_layers, self.batch_size, self.prompt, self.keep_states = frozen_layers, batch_size, prompt, keep_states
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from mdistill.models.split import bottom_states
 
         texts = batch.column("text").to_pylist()
         states, pooled = bottom_states(self.model, texts, self.frozen_layers, prompt=self.prompt, batch_size=self.batch_size)
+        out = embeddings_table(_keys(batch, texts), pooled).rename_columns(["key", "pooled"])
+        if not self.keep_states:
+            return out
         return (
-            embeddings_table([text_key(t) for t in texts], pooled)
-            .rename_columns(["key", "pooled"])
-            .append_column("hidden", pa.array([s.tobytes() for s in states], pa.binary()))
+            out.append_column("hidden", pa.array([s.tobytes() for s in states], pa.binary()))
             .append_column("length", pa.array([s.shape[0] for s in states], pa.int32()))
             .append_column("dim", pa.array([s.shape[1] for s in states], pa.int32()))
         )

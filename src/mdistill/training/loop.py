@@ -1,236 +1,298 @@
-"""The Ray Train worker loop: stream cached frozen-student states + teacher vectors from the
-dataset shard and train the student's top layers and Dense head with the distillation loss.
+"""The Ray Train worker loop, split the torchtune way: ``setup`` -> ``resume`` -> ``train_epoch``
+(repeated) -> ``save_and_report``.
+
+The student trains on rows of its training set (``stages.student.TrainingSet``), streamed from
+``ray.train.get_dataset_shard("train")``: cached frozen-bottom states (``TopStudent``, the top
+``train_layers`` layers and the Dense head train) or tokenised text (``FullStudent``: a full
+fine-tune, ``student.train_layers: all``), each with the teacher's vector of its English source
+as the target (Reimers & Gurevych 2020).
 
 Strategies: DDP (``prepare_model``) or DeepSpeed ZeRO 1/2/3 (``deepspeed.initialize`` on the
-process group Ray Train set up: gloo on CPU, nccl on GPU). Checkpoints every
-``checkpoint_every`` optimizer steps through ``ray.train.report(checkpoint=...)``; a restarted
-worker group (``FailureConfig``) or a re-run of a stopped run resumes from the latest one.
+process group Ray Train set up: gloo on CPU, nccl with bf16 on GPU). Checkpoints
+(``training.checkpoint``: safetensors + JSON, nothing pickled) every ``checkpoint_every``
+optimizer steps through ``ray.train.report(checkpoint=...)``; a restarted worker group
+(``FailureConfig``) or a re-run of a stopped run resumes from the latest one and replays that
+epoch's batch order.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 import time
 from contextlib import nullcontext
+from typing import Literal
 
+import pyarrow.parquet as pq
 import torch
+from pydantic import BaseModel, ConfigDict
 
-CKPT_FILE = "top_student.pt"  # full trained weights + logs: what the run exports
-DS_TAG = "deepspeed"  # DeepSpeed's own checkpoint (partitioned optimizer state) under this tag
+from mdistill.config import TrainConfig
+from mdistill.log import get_logger
+from mdistill.report.schema import DevRecord, EpochRecord, StepRecord, TrainLogs
+from mdistill.training import checkpoint as ckpt
+
+log = get_logger("train")
 
 
-def train_loop_per_worker(cfg: dict) -> None:
-    import ray
-    import ray.train
-    import ray.train.torch
+class LoopConfig(BaseModel):
+    """Everything a worker needs, validated in the driver before any compute and again in the worker."""
 
-    from mdistill.encode import load_sentence_transformer
-    from mdistill.losses import CosineLoss, MSELoss
-    from mdistill.models.split import TopStudent
-    from mdistill.training.step import (
-        bucketed_batches,
-        deepspeed_config,
-        deepspeed_step,
-        dev_metrics,
-        make_optimizer,
-        steps_per_epoch,
-        train_step,
-    )
+    model_config = ConfigDict(extra="forbid")
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(cfg["threads"])  # a submitted job inherits OMP_NUM_THREADS=1
-    torch.manual_seed(cfg["seed"])
-    device = ray.train.torch.get_device()
-    use_ds = cfg["strategy"] == "deepspeed"
-    accum = cfg["grad_accum"]
+    student_path: str  # the built student (a sentence-transformers directory)
+    train_layers: int | Literal["all"]
+    dropout: float
+    prompt: str  # text mode: prepended before tokenising (the exported model's default prompt)
+    max_seq_length: int
+    head_path: str | None  # safetensors of the Dense head to start from (None: no head)
+    dev_dir: str | None  # Parquet rows of the dev split (every rank reads them: ZeRO-3 forwards are collective)
+    max_dev_rows: int = 2000  # rows of the dev metric during training (the final dev vectors cover every row)
+    train_rows: int  # known to the driver; counting the dataset would read it all once more
+    threads: int  # torch threads per worker (a submitted job inherits OMP_NUM_THREADS=1)
+    seed: int
+    train: TrainConfig
 
-    st = load_sentence_transformer(cfg["student_path"], device="cpu")
-    dense = torch.load(cfg["dense_path"], weights_only=False) if cfg.get("dense_path") else None
-    top = TopStudent(st, cfg["train_layers"], dense=dense)
-    top.set_dropout(cfg["dropout"])
-    top.train()
+    @property
+    def full_finetune(self) -> bool:
+        return self.train_layers == "all"
 
-    micro_per_epoch = steps_per_epoch(cfg["train_rows"] // world, cfg["batch_size"], cfg["bucket_rows"])
-    total_micro = micro_per_epoch * cfg["epochs"]
-    total_steps = -(-total_micro // accum)
-    optimizer, scheduler = make_optimizer(
-        top,
-        lr=cfg["lr"],
-        head_lr=cfg["head_lr"],
-        weight_decay=cfg["weight_decay"],
-        total_steps=total_steps,
-        warmup_ratio=cfg["warmup_ratio"],
-    )
-    loss_fn = CosineLoss() if cfg["loss"] == "cosine" else MSELoss()
+    def resume_identity(self) -> dict:
+        """What must match for a re-run to continue this run's checkpoints (threads do not change results)."""
+        return self.model_dump(exclude={"threads": True, "train": {"resume", "max_failures"}})
 
-    if use_ds:
-        import deepspeed
 
-        if not _have_compiler():  # the shared-memory allreduce op is JIT-built with g++; plain gloo otherwise
-            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        top.to(device)
-        model, optimizer, _, scheduler = deepspeed.initialize(
-            model=top,
-            optimizer=optimizer,
-            lr_scheduler=scheduler,
-            config=deepspeed_config(
-                batch_size=cfg["batch_size"],
-                grad_accum=accum,
-                world_size=world,
-                zero_stage=cfg["zero_stage"],
-                max_grad_norm=cfg["max_grad_norm"],
-                bf16=device.type == "cuda",
-            ),
+def train_loop_per_worker(config: dict) -> None:
+    DistillLoop(LoopConfig.model_validate(config["loop"])).run()
+
+
+class DistillLoop:
+    def __init__(self, cfg: LoopConfig):
+        import ray.train
+
+        self.cfg, self.t = cfg, cfg.train
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.micro = 0
+        self.logs = TrainLogs()
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        import ray.train.torch
+
+        from mdistill.encode import load_sentence_transformer
+        from mdistill.losses import CosineLoss, MSELoss
+        from mdistill.models.split import FullStudent, TopStudent
+        from mdistill.training.step import StateFeatures, TextFeatures, deepspeed_config, make_optimizer, steps_per_epoch
+
+        cfg, t = self.cfg, self.t
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.device = ray.train.torch.get_device()
+        self.use_ds = t.strategy == "deepspeed"
+        dense = ckpt.load_linear(cfg.head_path) if cfg.head_path else None
+        st = load_sentence_transformer(cfg.student_path, device="cpu", max_seq_length=cfg.max_seq_length)
+        if cfg.full_finetune:
+            self.student = FullStudent(st, dense=dense)
+            self.features = TextFeatures(st.tokenizer, cfg.prompt, cfg.max_seq_length)
+        else:
+            self.student = TopStudent(st, cfg.train_layers, dense=dense)
+            self.features = StateFeatures()
+        self.student.set_dropout(cfg.dropout)
+        self.student.train()
+
+        self.micro_per_epoch = steps_per_epoch(cfg.train_rows // self.world, t.batch_size, t.bucket_rows)
+        self.total_micro = self.micro_per_epoch * t.epochs
+        self.total_steps = -(-self.total_micro // t.grad_accum)
+        optimizer, scheduler = make_optimizer(
+            self.student, lr=t.lr, head_lr=t.head_lr, weight_decay=t.weight_decay, total_steps=self.total_steps, warmup_ratio=t.warmup_ratio
         )
-    else:
-        model = ray.train.torch.prepare_model(top)  # DDP; moves to this worker's GPU when use_gpu
+        self.loss_fn = CosineLoss() if t.loss == "cosine" else MSELoss()
+        self.dtype = None  # the inputs' dtype when the engine holds the model in another one (DeepSpeed bf16)
+        if self.use_ds:
+            import deepspeed
 
-    # Resume: a restarted worker group or a re-run of a stopped run continues from the latest checkpoint.
-    micro, logs = 0, {"history": [], "steps": [], "dev": []}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
+            if shutil.which(os.environ.get("CXX", "c++")) is None:  # the shm allreduce op is JIT-built with g++
+                deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+            bf16 = self.device.type == "cuda"
+            self.student.to(self.device)
+            self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=self.student,
+                optimizer=optimizer,
+                lr_scheduler=scheduler,
+                config=deepspeed_config(
+                    batch_size=t.batch_size, grad_accum=t.grad_accum, world_size=self.world, zero_stage=t.zero_stage,
+                    max_grad_norm=t.max_grad_norm, bf16=bf16,
+                ),
+            )  # fmt: skip
+            ckpt.weights_only_deepspeed(self.model)
+            self.dtype = torch.bfloat16 if bf16 else None
+        else:
+            self.model = ray.train.torch.prepare_model(self.student)  # DDP; moves to this worker's GPU when use_gpu
+            self.optimizer, self.scheduler = optimizer, scheduler
+        # DDP on GPU: bf16 autocast around the forward (DeepSpeed casts the model itself)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and not self.use_ds else nullcontext()
+        dev = pq.read_table(cfg.dev_dir) if cfg.dev_dir else None
+        self.dev = dev if dev is not None and dev.num_rows else None
+
+    # -- resume ---------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Continue from the latest checkpoint of a restarted worker group or of a stopped run."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if not checkpoint:
+            return
         with checkpoint.as_directory() as d:
-            saved = torch.load(os.path.join(d, CKPT_FILE), weights_only=False, map_location="cpu")
-            if use_ds:
-                model.load_checkpoint(d, tag=DS_TAG)
+            state = ckpt.read_state(d)
+            if self.use_ds:
+                self.model.load_checkpoint(d, tag=ckpt.DS_TAG)
             else:
-                top.layers.load_state_dict(saved["layers"])
-                if top.dense is not None:
-                    top.dense.load_state_dict(saved["dense"].state_dict())
-                optimizer.load_state_dict(saved["optimizer"])
-                scheduler.load_state_dict(saved["scheduler"])
-        micro, logs = saved["micro"], saved["logs"]
-        logs.setdefault("resumed_at", []).append(micro)
-        if rank == 0:
-            print(f"[train] resumed at micro-batch {micro}/{total_micro} from {checkpoint.path}", flush=True)
+                self.student.load_state_dict(ckpt.read_weights(d))
+                ckpt.read_optimizer(d, self.optimizer, self.scheduler)
+        self.micro, self.logs = state.micro, state.logs
+        step = self.step
+        self.logs.resumed_at.append(step)
+        if self.rank == 0:
+            log.info("resumed at step %d/%d (micro-batch %d) from %s", step, self.total_steps, self.micro, checkpoint.path)
 
-    dev = ray.get(cfg["dev"]) if cfg.get("dev") is not None else None  # every rank: ZeRO-3 forwards are collective
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and not use_ds else nullcontext()
+    @property
+    def step(self) -> int:
+        return -(-self.micro // self.t.grad_accum)
 
-    def save_and_report(metrics: dict, final: bool = False) -> None:
-        """Every rank saves what it owns (DeepSpeed: its optimizer partition), a barrier, then every rank reports."""
-        metrics = {**metrics, "micro": micro}
-        layers, dense_state = _full_state(top, use_ds and cfg["zero_stage"] == 3)  # ZeRO-3: a collective gather
-        with tempfile.TemporaryDirectory() as d:
-            if use_ds:
-                model.save_checkpoint(d, tag=DS_TAG)
-            if rank == 0:
-                torch.save(
-                    {
-                        "layers": layers,
-                        "dense": _linear(dense_state),
-                        "optimizer": None if use_ds else optimizer.state_dict(),
-                        "scheduler": None if use_ds else scheduler.state_dict(),
-                        "micro": micro,
-                        "logs": logs,
-                        "final": final,
-                    },
-                    os.path.join(d, CKPT_FILE),
-                )
-            if world > 1:
-                torch.distributed.barrier()
-            has_files = use_ds or rank == 0
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if has_files else None)
+    # -- one epoch ------------------------------------------------------------------------------
 
-    if micro >= total_micro:  # a finished run re-run: report its final checkpoint again
-        save_and_report(logs["history"][-1] if logs["history"] else {}, final=True)
-        return
+    def train_epoch(self, epoch: int) -> None:
+        """Epoch ``epoch`` (0-based) from wherever ``self.micro`` stands in it."""
+        import ray.train
 
-    t0 = time.time()
-    every = cfg["checkpoint_every"]
-    while micro < total_micro:
-        epoch, skip = divmod(micro, micro_per_epoch)
-        rng = random.Random(f"{cfg['seed']}-{rank}-{epoch}")  # same batch order when an epoch is resumed
-        losses, seen, te = [], 0, time.time()
-        chunks = shard_iter(ray.train.get_dataset_shard("train"), cfg["bucket_rows"])
-        for i, batch in enumerate(bucketed_batches(chunks, cfg["batch_size"], rng)):
-            if i == 0:  # the rate is the training loop's; the pipeline's start-up is logged apart
-                first_batch_s, te = time.time() - te, time.time()
-            if i < skip or micro >= (epoch + 1) * micro_per_epoch:
+        from mdistill.training.step import bucketed_batches, deepspeed_step, to_device, train_step
+
+        t, start = self.t, epoch * self.micro_per_epoch
+        skip = self.micro - start
+        rng = random.Random(f"{self.cfg.seed}-{self.rank}-{epoch}")  # the same batch order when an epoch is resumed
+        losses: list[float] = []
+        seen, t0 = 0, time.time()
+        chunks = ray.train.get_dataset_shard("train").iter_batches(batch_size=t.bucket_rows, batch_format="pyarrow")
+        first_batch_s = None
+        for i, batch in enumerate(bucketed_batches(chunks, t.batch_size, rng, self.features)):
+            if first_batch_s is None:  # the rate is the training loop's; the pipeline's start-up is logged apart
+                first_batch_s, t0 = time.time() - t0, time.time()
+            if i < skip or self.micro >= start + self.micro_per_epoch:
                 continue  # done before the restart / a surplus batch (the shard split is equal, so rarely)
-            batch = tuple(t.to(device, non_blocking=True) for t in batch)
-            micro += 1
-            boundary = micro % accum == 0 or micro == total_micro
-            if use_ds:
-                loss = deepspeed_step(model, loss_fn, batch)
+            batch = to_device(batch, self.device, self.dtype)
+            self.micro += 1
+            boundary = self.micro % t.grad_accum == 0 or self.micro == self.total_micro
+            if self.use_ds:
+                loss = deepspeed_step(self.model, self.loss_fn, batch)
             else:
-                with autocast:
-                    sync = boundary or world == 1
-                    with model.no_sync() if not sync and hasattr(model, "no_sync") else nullcontext():  # accumulate locally
-                        loss = train_step(model, loss_fn, optimizer, scheduler, batch, cfg["max_grad_norm"], accum=accum, boundary=boundary)
+                sync = boundary or self.world == 1
+                with self.autocast, self.model.no_sync() if not sync and hasattr(self.model, "no_sync") else nullcontext():
+                    loss = train_step(self.model, self.loss_fn, self.optimizer, self.scheduler, batch, t.max_grad_norm, accum=t.grad_accum, boundary=boundary)
             losses.append(loss)
             seen += len(batch[0])
-            step = -(-micro // accum)
-            if boundary and step % cfg["log_every"] == 0:
-                recent = losses[-cfg["log_every"] * accum :]
-                logs["steps"].append(
-                    {"step": step, "epoch": epoch + 1, "loss": sum(recent) / len(recent), "lr": scheduler.get_last_lr()[0]}
-                )
-                if rank == 0:
-                    rate = seen * world / max(1e-9, time.time() - te)
-                    print(
-                        f"[train] epoch {epoch + 1}/{cfg['epochs']} step {step}/{total_steps} loss {logs['steps'][-1]['loss']:.5f} "
-                        f"lr {scheduler.get_last_lr()[0]:.2e} {rate:.0f} samples/s",
-                        flush=True,
-                    )
-            epoch_end = micro % micro_per_epoch == 0
-            dev_due = dev is not None and boundary and (epoch_end if cfg["dev_every"] is None else step % cfg["dev_every"] == 0)
-            ckpt_due = boundary and (epoch_end if every is None else step % every == 0 or epoch_end)
+            if not boundary:
+                continue
+            step = self.step
+            if step % t.log_every == 0:
+                recent = losses[-t.log_every * t.grad_accum :]
+                lr = self.scheduler.get_last_lr()[0]
+                self.logs.steps.append(StepRecord(step=step, epoch=epoch + 1, loss=sum(recent) / len(recent), lr=lr))
+                if self.rank == 0:
+                    rate = seen * self.world / max(1e-9, time.time() - t0)
+                    log.info(
+                        "epoch %d/%d step %d/%d loss %.5f lr %.2e %.0f samples/s", epoch + 1, t.epochs, step, self.total_steps,
+                        self.logs.steps[-1].loss, lr, rate,
+                    )  # fmt: skip
+            epoch_end = self.micro % self.micro_per_epoch == 0
+            dev_due = self.dev is not None and (epoch_end if t.dev_every is None else step % t.dev_every == 0)
+            ckpt_due = epoch_end or (t.checkpoint_every is not None and step % t.checkpoint_every == 0)
             metrics = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / len(losses), "elapsed_s": time.time() - t0}
             if dev_due:
-                dm = dev_metrics(model, dev, device=device)
-                logs["dev"].append({"step": step, **dm})
+                dm = self.dev_metrics()
+                self.logs.dev.append(DevRecord(step=step, pooled_teacher_space_top1=dm["dev_pooled_teacher_space_top1"], pooled_mse100=dm["dev_pooled_mse100"]))
                 metrics.update(dm)
             if epoch_end:
-                metrics["samples_per_s"] = seen * world / max(1e-9, time.time() - te)
-                metrics["first_batch_s"] = first_batch_s
-                metrics["loss_fn"] = type(loss_fn).__name__
-                logs["history"].append(metrics)
-            if ckpt_due or micro == total_micro:
-                save_and_report(metrics, final=micro == total_micro)
+                rec = EpochRecord(
+                    epoch=epoch + 1, step=step, loss=metrics["loss"], elapsed_s=metrics["elapsed_s"],
+                    samples_per_s=seen * self.world / max(1e-9, time.time() - t0), first_batch_s=first_batch_s or 0.0,
+                    loss_fn=type(self.loss_fn).__name__,
+                )  # fmt: skip
+                self.logs.history.append(rec)
+                metrics["samples_per_s"] = rec.samples_per_s
+            if ckpt_due or self.micro == self.total_micro:
+                self.save_and_report(metrics, final=self.micro == self.total_micro)
             elif dev_due:
                 ray.train.report(metrics)
-        if micro < min(total_micro, (epoch + 1) * micro_per_epoch):
+        if self.micro < min(self.total_micro, start + self.micro_per_epoch):
             raise RuntimeError(
-                f"rank {rank}: the train shard gave {micro - epoch * micro_per_epoch} batches in epoch {epoch + 1}, expected {micro_per_epoch}"
+                f"rank {self.rank}: the train shard gave {self.micro - start} batches in epoch {epoch + 1}, expected {self.micro_per_epoch}"
             )
 
+    def dev_vectors(self, rows):
+        from mdistill.training.step import embed_rows
 
-def shard_iter(shard, rows: int):
-    return shard.iter_batches(batch_size=rows, batch_format="pyarrow")
+        return embed_rows(self.model, rows, self.features, device=self.device, dtype=self.dtype)
 
+    def dev_metrics(self) -> dict[str, float]:
+        from mdistill.training.step import pooled_dev_metrics
 
-def _full_state(top, partitioned: bool) -> tuple[dict, dict | None]:
-    """Full weights of the trained layers and the Dense head. DDP and ZeRO-1/2 keep full
-    parameters on every rank; ZeRO-3 partitions them, so they are gathered first (a collective:
-    every rank calls this)."""
+        dev = self.dev.slice(0, self.cfg.max_dev_rows)
+        return pooled_dev_metrics(self.dev_vectors(dev), dev)
 
-    def copy() -> tuple[dict, dict | None]:
-        layers = {k: v.detach().cpu().clone() for k, v in top.layers.state_dict().items()}
-        dense = None if top.dense is None else {k: v.detach().cpu().clone() for k, v in top.dense.state_dict().items()}
-        return layers, dense
+    # -- save and report ------------------------------------------------------------------------
 
-    if partitioned:
-        import deepspeed
+    def save_and_report(self, metrics: dict, final: bool = False) -> None:
+        """Every rank saves what it owns (DeepSpeed: its optimizer partition), a barrier, then every
+        rank reports; the final checkpoint also holds the dev vectors the run evaluates."""
+        import ray.train
 
-        with deepspeed.zero.GatheredParameters(list(top.parameters()), modifier_rank=None):
-            return copy()
-    return copy()
+        from mdistill.teacher.cache import embeddings_table
 
+        weights = self._full_state()  # ZeRO-3: a collective gather, every rank takes part
+        dev_vectors = self.dev_vectors(self.dev) if final and self.dev is not None else None  # collective under ZeRO-3 too
+        with tempfile.TemporaryDirectory() as d:
+            if self.use_ds:
+                self.model.save_checkpoint(d, tag=ckpt.DS_TAG)
+            if self.rank == 0:
+                ckpt.write_weights(d, weights)
+                ckpt.write_state(d, ckpt.TrainState(micro=self.micro, final=final, logs=self.logs))
+                if not self.use_ds:
+                    ckpt.write_optimizer(d, self.optimizer, self.scheduler)
+                if dev_vectors is not None:
+                    pq.write_table(embeddings_table(self.dev.column("key").to_pylist(), dev_vectors), os.path.join(d, ckpt.DEV_VECTORS))
+            if self.world > 1:
+                torch.distributed.barrier()
+            has_files = self.use_ds or self.rank == 0
+            metrics = {**metrics, "micro": self.micro}
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if has_files else None)
 
-def _linear(state: dict | None) -> torch.nn.Linear | None:
-    if state is None:
-        return None
-    out, inp = state["weight"].shape
-    lin = torch.nn.Linear(inp, out)
-    lin.load_state_dict(state)
-    return lin
+    def _full_state(self) -> dict[str, torch.Tensor]:
+        """Full trained weights. DDP and ZeRO-1/2 keep full parameters on every rank; ZeRO-3
+        partitions them, so they are gathered first."""
 
+        def copy() -> dict[str, torch.Tensor]:
+            return {k: v.detach().float().cpu().clone() for k, v in self.student.state_dict().items()}
 
-def _have_compiler() -> bool:
-    import shutil
+        if self.use_ds and self.t.zero_stage == 3:
+            import deepspeed
 
-    return shutil.which(os.environ.get("CXX", "c++")) is not None
+            with deepspeed.zero.GatheredParameters(list(self.student.parameters()), modifier_rank=None):
+                return copy()
+        return copy()
+
+    # -- the whole loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.setup()
+        self.resume()
+        if self.micro >= self.total_micro:  # a finished run re-run: report its final checkpoint again
+            last = self.logs.history[-1] if self.logs.history else None
+            self.save_and_report(last.model_dump() if last else {}, final=True)
+            return
+        for epoch in range(self.micro // self.micro_per_epoch, self.t.epochs):
+            self.train_epoch(epoch)

@@ -1,4 +1,5 @@
-"""Periodic re-distillation: ``mdistill schedule CONFIG``. One tick, top to bottom:
+"""Periodic re-distillation (``mdistill schedule CONFIG``, recipe ``pipelines/schedule.py``): the
+``Scheduler`` and what it fingerprints. One tick, top to bottom:
 
 1. a run in flight? reconcile it with the job backend (Ray Jobs API or a local subprocess):
    an "intent" whose job the backend does not know is submitted now, under the id recorded
@@ -35,15 +36,13 @@ def fingerprints(cfg: RunConfig) -> dict[str, str]:
     versions) with the cleaning settings, the teacher's files and settings, and the rest of the run
     settings. Reuses the fingerprints of the corpus build and of the teacher cache."""
     from mdistill.assets import resolve_model
-    from mdistill.pipelines.corpus import corpus_fingerprint, plan
-    from mdistill.pipelines.teacher import local_model_dir
+    from mdistill.stages.corpus import corpus_fingerprint, plan
+    from mdistill.stages.teacher import local_model_dir, teacher_settings
     from mdistill.teacher.cache import model_fingerprint
 
     _, identity = plan(cfg.corpus, cfg.cache_path)
-    t = cfg.teacher
-    teacher_dir = local_model_dir(resolve_model(t.model, cfg.cache_path))
-    # the settings teacher_pass() keys its cache with
-    teacher = model_fingerprint(teacher_dir, kind=t.kind, max_seq_length=t.max_seq_length, dtype=t.dtype, prompt=t.prompt, pooling="model")
+    teacher_dir = local_model_dir(resolve_model(cfg.teacher.model, cfg.cache_path))
+    teacher = model_fingerprint(teacher_dir, **teacher_settings(cfg.teacher))  # what the teacher cache is keyed by
     settings = cfg.model_dump(exclude={"corpus", "teacher", "schedule", "job", "ray", "output_dir", "cache_dir"})
     return {
         "corpus": corpus_fingerprint(cfg.corpus, identity),

@@ -1,4 +1,4 @@
-"""Corpus recipe: parallel text in any supported format -> cleaned, deduplicated, split Parquet.
+"""Corpus stage: parallel text in any supported format -> cleaned, deduplicated, split Parquet.
 
     sources --plan--> read units --map_batches(read)--> rows --map_batches(clean)--> staged by bucket
     staged bucket --map_batches(finish: dedup)--> pairs/ quarantine/ english/ + manifest.json
@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,8 +28,11 @@ from mdistill.corpus.dedup import finish_bucket
 from mdistill.corpus.libreoffice import list_help_files
 from mdistill.corpus.manifest import build_manifest, summary_lines
 from mdistill.corpus.readers import plan_units, read_units_batch
+from mdistill.log import get_logger
 
-CORPUS_FORMAT = 2  # bump when extraction or cleaning code changes what a corpus holds
+log = get_logger("corpus")
+
+CORPUS_FORMAT = 3  # bump when extraction or cleaning code changes what a corpus holds
 CLEAN_SETTINGS = {
     "langs",
     "min_words",
@@ -67,12 +71,12 @@ def debian_units(src: SourceConfig, langs: list[str], cache_dir: Path) -> tuple[
     if "ddtp" in src.parts:
         lists = ddtp_lists(langs, cache_dir / "debian" / "ddtp")
         if lists is None:
-            print("[mdistill] DDTP package descriptions skipped (see the message above); the rest of the corpus is built", flush=True)
+            log.warning("DDTP package descriptions skipped (see the message above); the rest of the corpus is built")
         else:
             en = [str(p) for p in _as_list(lists["en"])]
             for lang in langs:
                 if lang not in lists:
-                    print(f"[mdistill] DDTP has no descriptions for {lang}", flush=True)
+                    log.warning("DDTP has no descriptions for %s", lang)
                     continue
                 xx = [str(p) for p in _as_list(lists[lang])]
                 identity.append(json.dumps([(p, Path(p).stat().st_size) for p in en + xx]))
@@ -114,9 +118,27 @@ def corpus_fingerprint(cfg: CorpusConfig, identity: str) -> str:
     return h.hexdigest()
 
 
-def build_corpus(cfg: CorpusConfig, cache_dir: Path, out_dir: Path | None = None) -> tuple[Path, dict, bool]:
+@dataclass(frozen=True)
+class Corpus:
+    """A built corpus: ``dir/{pairs,quarantine,english}/*.parquet`` and ``dir/manifest.json``."""
+
+    dir: Path
+    manifest: dict  # rows in / kept / rejected per language, source and file (``corpus.manifest``)
+    reused: bool  # built by an earlier run with the same fingerprint
+    fingerprint: str
+
+    @property
+    def pairs(self) -> Path:
+        return self.dir / "pairs"
+
+    @property
+    def english(self) -> Path:
+        return self.dir / "english"
+
+
+def build_corpus(cfg: CorpusConfig, cache_dir: Path, out_dir: Path | None = None) -> Corpus:
     """``<out>/{pairs,quarantine,english}/*.parquet`` + ``manifest.json``; ``out`` defaults to
-    ``<cache>/corpora/<fingerprint>``. Built once per fingerprint; returns (folder, manifest, reused)."""
+    ``<cache>/corpora/<fingerprint>``. Built once per fingerprint."""
     units, identity = plan(cfg, cache_dir)
     fingerprint = corpus_fingerprint(cfg, identity)
     out_dir = out_dir or cache_dir / "corpora" / fingerprint
@@ -124,7 +146,7 @@ def build_corpus(cfg: CorpusConfig, cache_dir: Path, out_dir: Path | None = None
     if manifest_file.exists():
         manifest = json.loads(manifest_file.read_text())
         if manifest.get("fingerprint") == fingerprint:
-            return out_dir, manifest, True
+            return Corpus(out_dir, manifest, True, fingerprint)
         raise FileExistsError(
             f"{out_dir} holds another corpus (fingerprint {manifest.get('fingerprint')}); choose another --out or remove it"
         )
@@ -167,13 +189,13 @@ def build_corpus(cfg: CorpusConfig, cache_dir: Path, out_dir: Path | None = None
     manifest = {"fingerprint": fingerprint, "buckets": buckets, "units": len(units), **manifest}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     for line in summary_lines(manifest):
-        print(f"[corpus] {line}", flush=True)
+        log.info(line)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp.rename(out_dir)  # complete or absent: a killed build is never reused
     except OSError:  # another build of the same fingerprint finished first; it holds the same rows
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir, manifest, False
+    return Corpus(out_dir, manifest, False, fingerprint)
 
 
 def _finish_batch(batch, out: str, dedup: bool):

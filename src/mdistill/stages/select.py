@@ -1,0 +1,128 @@
+"""Selection stage: from a built corpus, the rows a run learns from and is evaluated on.
+
+- train pairs: ``split == train``, one translation per (English, language) (``variant == 0``),
+  the run's languages; kept as lazy Ray Datasets, so no process holds them all;
+- the dev sample: ``split == dev``, the first ``eval.max_dev_per_lang`` English sources (sorted)
+  per language, a table the size of that cap (the only rows the driver holds);
+- the student's rows (Reimers & Gurevych 2020): each English source once and each translation
+  once, the target of both being the teacher's vector of the English source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import partial
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data.expressions import col
+
+from mdistill.report.schema import DataCounts
+from mdistill.stages.cache_pass import add_keys
+from mdistill.stages.corpus import Corpus
+
+SELECTION_VERSION = 1  # bump when what a selection holds changes
+ROW_COLUMNS = ["text", "lang", "en", "split"]
+
+
+def _rows(batch: pa.Table, *, split: str, english: bool) -> pa.Table:
+    """Student rows of a batch: English sources (``english``: text = en, lang = "en") or translations."""
+    en = batch.column("en").cast(pa.string())
+    text = en if english else batch.column("text").cast(pa.string())
+    lang = pa.array(["en"] * batch.num_rows, pa.string()) if english else batch.column("lang").cast(pa.string())
+    return pa.table({"text": text, "lang": lang, "en": en, "split": pa.array([split] * batch.num_rows, pa.string())})
+
+
+def first_sources(t: pa.Table, n: int | None) -> pa.Table:
+    """Per language, the rows of the first ``n`` English sources (sorted); all rows when ``n`` is None."""
+    t = t.sort_by([("lang", "ascending"), ("en", "ascending"), ("text", "ascending")])
+    if n is None or not t.num_rows:
+        return t
+    lang = t.column("lang").to_pylist()
+    keep = [i for i, lg in enumerate(lang) if i < n or lang[i - n] != lg]  # sorted: the n-th row back is another language
+    return t.take(pa.array(keep, pa.int64()))
+
+
+def _count_langs(batch: pa.Table) -> pa.Table:
+    vc = pc.value_counts(batch.column("lang"))
+    return pa.table({"lang": vc.field("values").cast(pa.string()), "n": vc.field("counts")})
+
+
+def read_pairs(corpus: Corpus, langs: tuple[str, ...], split: str) -> ray.data.Dataset:
+    """``en, lang, text`` of one split: one translation per (English, language), the run's languages."""
+    wanted = (col("split") == split) & (col("variant") == 0) & col("lang").is_in(list(langs))
+    return ray.data.read_parquet(str(corpus.pairs)).filter(expr=wanted).select_columns(["en", "lang", "text"])
+
+
+def read_english(corpus: Corpus, split: str) -> ray.data.Dataset:
+    """The distinct English sources of a split (the corpus lists each once)."""
+    return ray.data.read_parquet(str(corpus.english)).filter(expr=col("split") == split).select_columns(["en"])
+
+
+@dataclass(frozen=True)
+class Selection:
+    corpus: Corpus
+    langs: tuple[str, ...]
+    dev: pa.Table  # en, lang, text: the dev sample, sorted by (lang, en)
+    counts: DataCounts
+    fingerprint: str
+
+    def train_pairs(self) -> ray.data.Dataset:
+        return read_pairs(self.corpus, self.langs, "train")
+
+    def train_english(self) -> ray.data.Dataset:
+        return read_english(self.corpus, "train")
+
+    def dev_rows(self) -> pa.Table:
+        english = pa.table({"en": pc.unique(self.dev.column("en"))})
+        return pa.concat_tables([_rows(english, split="dev", english=True), _rows(self.dev, split="dev", english=False)])
+
+    def rows(self) -> ray.data.Dataset:
+        """Every sentence the student learns from, with ``key`` / ``en_key`` (hashes of text / en)."""
+        train_en = self.train_english().map_batches(partial(_rows, split="train", english=True), batch_format="pyarrow")
+        train_xx = self.train_pairs().map_batches(partial(_rows, split="train", english=False), batch_format="pyarrow")
+        rows = train_en.union(train_xx, ray.data.from_arrow(self.dev_rows()))
+        return rows.map_batches(partial(add_keys, columns=("text", "en")), batch_format="pyarrow")
+
+    def teacher_texts(self) -> ray.data.Dataset:
+        """What the teacher embeds: every English source (the targets) and the dev translations
+        (the teacher-alone baseline)."""
+        dev = pa.table({"text": pc.unique(pa.concat_arrays([self.dev.column("en").combine_chunks(), self.dev.column("text").combine_chunks()]))})
+        train = self.train_english().map_batches(lambda b: pa.table({"text": b.column("en").cast(pa.string())}), batch_format="pyarrow")
+        return train.union(ray.data.from_arrow(dev.cast(pa.schema([("text", pa.string())]))))
+
+    def student_texts(self) -> ray.data.Dataset:
+        return self.rows().select_columns(["text"])
+
+
+def select_data(corpus: Corpus, langs: list[str], max_dev_per_lang: int | None) -> Selection:
+    langs = tuple(langs)
+    # The dev sample as a streaming top-n: each block keeps its first n sources per language, the
+    # driver merges blocks as they come (it never holds more than ~2n rows per language).
+    schema = pa.schema([("en", pa.string()), ("lang", pa.string()), ("text", pa.string())])
+    dev = schema.empty_table()
+    firsts = read_pairs(corpus, langs, "dev").map_batches(partial(first_sources, n=max_dev_per_lang), batch_format="pyarrow", batch_size=None)
+    for block in firsts.iter_batches(batch_size=None, batch_format="pyarrow"):
+        dev = first_sources(pa.concat_tables([dev, block.select(["en", "lang", "text"]).cast(schema)]), max_dev_per_lang)
+
+    train_pairs: dict[str, int] = {}
+    for block in read_pairs(corpus, langs, "train").map_batches(_count_langs, batch_format="pyarrow").iter_batches(batch_size=None, batch_format="pyarrow"):
+        for lg, n in zip(block.column("lang").to_pylist(), block.column("n").to_pylist()):
+            train_pairs[lg] = train_pairs.get(lg, 0) + n
+    train_english = read_english(corpus, "train").count()
+    if not train_pairs or not dev.num_rows:
+        raise RuntimeError(f"no {'training' if not train_pairs else 'dev'} pairs after cleaning and splitting; see {corpus.dir / 'manifest.json'}")
+    vc = pc.value_counts(dev.column("lang"))
+    dev_pairs = {v.as_py(): c.as_py() for v, c in zip(vc.field("values"), vc.field("counts"))}
+    dev_english = len(pc.unique(dev.column("en")))
+    counts = DataCounts(
+        train_pairs=dict(sorted(train_pairs.items())),
+        train_english=train_english,
+        dev_pairs={k: dev_pairs[k] for k in sorted(dev_pairs)},
+        student_rows=train_english + sum(train_pairs.values()) + dev_english + dev.num_rows,
+    )
+    key = json.dumps({"corpus": corpus.fingerprint, "langs": list(langs), "max_dev": max_dev_per_lang, "v": SELECTION_VERSION}, sort_keys=True)
+    return Selection(corpus, langs, dev, counts, hashlib.blake2b(key.encode(), digest_size=16).hexdigest())

@@ -1,0 +1,215 @@
+"""Student stage: build the student, open its frozen-pass cache, join everything it trains on
+into one training set, and fit the linear maps that start its head and serve as a baseline.
+
+- ``build``: a packaged offline model, any HF id or a local path, then layer pruning
+  (``keep_layers``) and vocabulary trimming (``trim_vocab``, the pieces counted on Ray Data).
+- The frozen pass (``BottomStatesPredictor`` on an actor pool, ``stages.cache_pass``) caches,
+  per text, the untrained student's pooled output and, unless the student is fully fine-tuned,
+  its hidden states after the frozen bottom layers.
+- ``prepare_training_set``: the student's rows joined on Ray Data with the teacher's vector of
+  their English source (``en_key``) and with their cached outputs (``key``), written once per
+  content fingerprint as Parquet partitioned by split. Training streams ``split=train``; the
+  workers read ``split=dev``. No process holds the rows or the states.
+- ``fit_linear_maps``: least squares from pooled outputs to teacher vectors, from sums computed
+  block by block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from mdistill.config import StudentConfig
+from mdistill.log import get_logger
+from mdistill.models.split import add_sums, gram_sums, lstsq_from_sums
+from mdistill.models.st_format import default_prompt_of, num_layers
+from mdistill.stages.cache_pass import join_partitions, pool_args
+from mdistill.stages.select import Selection
+from mdistill.teacher.cache import EmbeddingCache, embedding_matrix, model_fingerprint
+from mdistill.teacher.predictor import BottomStatesPredictor
+
+log = get_logger("student")
+TRAINING_SET_VERSION = 1  # bump when the joined columns change
+
+
+@dataclass(frozen=True)
+class Student:
+    name: str
+    config: StudentConfig
+    path: str  # the built sentence-transformers directory
+    steps: list[dict]  # what the builder did, with counts
+    prompt: str
+    layers: int
+    cache: EmbeddingCache  # its frozen-pass outputs per text
+    kwargs: dict  # BottomStatesPredictor's constructor arguments, but threads
+    batch_rows: int
+    predictor: type = BottomStatesPredictor
+
+    def pool_args(self, resources: dict) -> dict:
+        return pool_args(self.kwargs, self.batch_rows, resources)
+
+    @property
+    def full_finetune(self) -> bool:
+        return self.config.full_finetune
+
+    @property
+    def frozen_layers(self) -> int:
+        return self.layers if self.full_finetune else self.layers - int(self.config.train_layers)
+
+
+def _used_ids_batch(batch: pa.Table, model_dir: str, prompt: str) -> pa.Table:
+    from transformers import AutoTokenizer
+
+    from mdistill.models.trim_vocab import used_token_ids
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = sorted(used_token_ids(tok, [prompt + t for t in batch.column("text").to_pylist()]))
+    return pa.table({"id": pa.array(ids, pa.int64())})
+
+
+def corpus_token_ids(texts: ray.data.Dataset, model_dir: str, prompt: str) -> set[int]:
+    """Every tokenizer id the texts use, counted on Ray Data (the set is bounded by the vocabulary)."""
+    ids = texts.map_batches(_used_ids_batch, fn_kwargs={"model_dir": model_dir, "prompt": prompt}, batch_size=8192, batch_format="pyarrow")
+    used: set[int] = set()
+    for b in ids.iter_batches(batch_size=None, batch_format="pyarrow"):
+        used.update(b.column("id").to_pylist())
+    return used
+
+
+def build(name: str, cfg: StudentConfig, cache_dir: Path, data: Selection, *, batch_size: int) -> Student:
+    from mdistill.models.builder import build_student
+
+    def used_ids(model_dir: str, prompt: str) -> set[int]:
+        return corpus_token_ids(data.student_texts(), model_dir, prompt)
+
+    built = build_student(cfg, cache_dir, used_ids=used_ids, corpus_key=data.fingerprint)
+    path = built["path"]
+    prompt = default_prompt_of(path) if cfg.prompt is None else cfg.prompt
+    layers = num_layers(path)
+    if not cfg.full_finetune and not 1 <= int(cfg.train_layers) <= layers:
+        raise ValueError(f"{name}: student.train_layers={cfg.train_layers} but the student has {layers} layers (or use train_layers: all)")
+    frozen = layers if cfg.full_finetune else layers - int(cfg.train_layers)
+    role = "student-pooled" if cfg.full_finetune else "student-bottom"
+    fp = model_fingerprint(path, role=role, frozen_layers=frozen, max_seq_length=cfg.max_seq_length, prompt=prompt)
+    cache = EmbeddingCache(cache_dir / "student_states", fp)
+    cache.write_meta(model=path, kind=role, frozen_layers=frozen, max_seq_length=cfg.max_seq_length, prompt=prompt)
+    kwargs = dict(
+        model=path, frozen_layers=frozen, max_seq_length=cfg.max_seq_length, batch_size=batch_size, prompt=prompt, keep_states=not cfg.full_finetune
+    )
+    return Student(name, cfg, path, built["steps"], prompt, layers, cache, kwargs, batch_rows=512)
+
+
+# -- the training set -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """``dir/split=train/*.parquet``, ``dir/split=dev/*.parquet`` and ``dir/_SUCCESS.json``."""
+
+    dir: Path
+    fingerprint: str
+    rows: int
+    train_rows: int
+    dev_rows: int
+    states: bool  # hidden states (top-layer training) or text (full fine-tune)
+
+    @property
+    def train_dir(self) -> Path:
+        return self.dir / "split=train"
+
+    @property
+    def dev_dir(self) -> Path:
+        return self.dir / "split=dev"
+
+    def train(self) -> ray.data.Dataset:
+        columns = ["hidden", "length", "dim", "target"] if self.states else ["text", "target"]
+        return ray.data.read_parquet(str(self.train_dir)).select_columns(columns)
+
+    def dev_table(self, columns: list[str]) -> pa.Table:
+        return pq.read_table(self.dev_dir, columns=columns)
+
+
+def _count_rows(folder: Path) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in folder.rglob("*.parquet")) if folder.is_dir() else 0
+
+
+def prepare_training_set(data: Selection, teacher: EmbeddingCache, student: Student, cache_dir: Path) -> TrainingSet:
+    """The student's rows + ``target`` (teacher(en)) + its cached outputs, joined on Ray Data and
+    written once per fingerprint (selection, teacher, frozen pass): re-runs and resumed runs read
+    the same files."""
+    states = not student.full_finetune
+    ident = {"selection": data.fingerprint, "teacher": teacher.fingerprint, "student": student.cache.fingerprint, "v": TRAINING_SET_VERSION}
+    fp = hashlib.blake2b(json.dumps(ident, sort_keys=True).encode(), digest_size=16).hexdigest()
+    out = cache_dir / "training_sets" / fp
+    done = out / "_SUCCESS.json"
+    if done.is_file():
+        meta = json.loads(done.read_text())
+        return TrainingSet(out, fp, meta["rows"], meta["train_rows"], meta["dev_rows"], states)
+
+    rows = data.rows()
+    teacher_files = [str(p) for p in teacher.readable_shards()]
+    student_files = [str(p) for p in student.cache.readable_shards()]
+    targets = ray.data.read_parquet(teacher_files).select_columns(["key", "embedding"]).rename_columns({"key": "en_key", "embedding": "target"})
+    outputs = ray.data.read_parquet(student_files).select_columns(["key", "pooled", *(["hidden", "length", "dim"] if states else [])])
+    def size(files: list[str]) -> int:
+        return sum(Path(p).stat().st_size for p in files)
+
+    # partitions sized by the bigger side of each join (the cache; the rows are small until states join them)
+    joined = rows.join(targets, join_type="inner", num_partitions=join_partitions(2 * size(teacher_files)), on=("en_key",))
+    joined = joined.join(outputs, join_type="inner", num_partitions=join_partitions(2 * size(student_files)), on=("key",))
+    tmp = out.with_name(f".{fp}.{uuid.uuid4().hex}.tmp")
+    joined.write_parquet(str(tmp), partition_cols=["split"])
+    train_rows, dev_rows = _count_rows(tmp / "split=train"), _count_rows(tmp / "split=dev")
+    if train_rows + dev_rows != data.counts.student_rows:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(
+            f"training set: {train_rows + dev_rows} rows joined, {data.counts.student_rows} expected: a text lacks its teacher vector or "
+            f"its frozen-pass output, or a cache holds a key twice (check with `mdistill cache verify`)"
+        )
+    (tmp / "_SUCCESS.json").write_text(json.dumps({"rows": train_rows + dev_rows, "train_rows": train_rows, "dev_rows": dev_rows, **ident}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(out)  # complete or absent
+    except OSError:  # another run wrote the same set first
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("training set %s: %d train rows, %d dev rows", fp[:12], train_rows, dev_rows)
+    return TrainingSet(out, fp, train_rows + dev_rows, train_rows, dev_rows, states)
+
+
+# -- linear maps ----------------------------------------------------------------------------------
+
+
+def _sums_batch(batch: pa.Table) -> pa.Table:
+    s = gram_sums(embedding_matrix(batch.column("pooled")), embedding_matrix(batch.column("target")))
+    return pa.table({k: [v.ravel().tolist()] for k, v in s.items()})
+
+
+@dataclass
+class LinearMaps:
+    linear_map: torch.nn.Linear  # the baseline: pure least squares from the untrained student's pooled output to the teacher
+    head: torch.nn.Linear | None  # the Dense head the student starts with (student.projection)
+    dims: tuple[int, int]  # (student, teacher)
+
+
+def fit_linear_maps(ts: TrainingSet, cfg: StudentConfig, name: str) -> LinearMaps:
+    train = ray.data.read_parquet(str(ts.train_dir)).select_columns(["pooled", "target"])
+    total = None
+    for block in train.map_batches(_sums_batch, batch_size=4096, batch_format="pyarrow").iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in block.to_pylist():
+            total = add_sums(total, {k: np.asarray(v, np.float64) for k, v in row.items()})
+    d, k = len(total["sx"]), len(total["sy"])
+    total = {**total, "n": total["n"].reshape(()), "sxx": total["sxx"].reshape(d, d), "sxy": total["sxy"].reshape(d, k)}
+    if cfg.projection == "none" and d != k:
+        raise ValueError(f"{name}: student.projection=none needs equal dimensions, but the student has {d} and the teacher {k}")
+    head = {"lstsq": lambda: lstsq_from_sums(total, cfg.head_ridge), "random": lambda: torch.nn.Linear(d, k), "none": lambda: None}[cfg.projection]()
+    return LinearMaps(lstsq_from_sums(total), head, (d, k))

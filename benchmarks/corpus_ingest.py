@@ -117,14 +117,15 @@ def run_mdistill(tsv: Path, work: Path) -> dict:
     import ray
 
     from mdistill.config import load_config
-    from mdistill.pipelines.corpus import build_corpus
+    from mdistill.stages.corpus import build_corpus
 
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
     t_init = time.perf_counter() - t0
     cfg = load_config(None, [f"corpus.sources=[{{format: tsv, paths: [{tsv}], lang: de}}]", "corpus.langs=[de]"]).corpus
-    out, m, _ = build_corpus(cfg, work / "cache", work / "corpus")
+    corpus = build_corpus(cfg, work / "cache", work / "corpus")
+    out, m = corpus.dir, corpus.manifest
     wall = time.perf_counter() - t0
     ray.shutdown()
     kept = sum(pq.ParquetFile(f).metadata.num_rows for f in (out / "pairs").glob("*.parquet"))

@@ -43,17 +43,30 @@ def child_mdistill(texts_file: Path, cache_dir: Path, batch_size: int) -> dict:
     import ray
 
     from mdistill.config import TeacherConfig
-    from mdistill.pipelines.teacher import teacher_pass
+    from mdistill.stages import cache_pass
+    from mdistill.stages.teacher import open_teacher
 
     texts = json.loads(texts_file.read_text())
     t0 = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
     t_init = time.perf_counter() - t0
-    _, st = teacher_pass(TeacherConfig(model="all-MiniLM-L6-v2", batch_size=batch_size), texts, cache_dir)
+    # the recipe's teacher stage (pipelines/run.py, step 2)
+    teacher = open_teacher(TeacherConfig(model="all-MiniLM-L6-v2", batch_size=batch_size), cache_dir)
+    with teacher.cache.lock():
+        needed = cache_pass.distinct(ray.data.from_items([{"text": t} for t in texts]), len(texts))
+        vectors = cache_pass.missing(teacher.cache, needed).map_batches(teacher.predictor, **teacher.pool_args(ray.cluster_resources()))
+        st = cache_pass.commit(teacher.cache, needed, vectors)
     wall = time.perf_counter() - t0
     ray.shutdown()
-    return {"wall_s": wall, "ray_init_s": t_init, "texts": len(texts), **{k: st[k] for k in ("distinct_texts", "computed", "cache_hits")}}
+    return {
+        "wall_s": wall,
+        "ray_init_s": t_init,
+        "texts": len(texts),
+        "distinct_texts": st.distinct_texts,
+        "computed": st.computed,
+        "cache_hits": st.cache_hits,
+    }
 
 
 def run(mode: str, *args) -> dict:

@@ -124,16 +124,20 @@ def child_md(data: Path, batch: int, lr: float, workers: int, strategy: str, tra
     import pyarrow.parquet as pq
     import ray
     import torch
+    from ray.train.torch import TorchTrainer
 
     from mdistill.assets import resolve_model
-    from mdistill.config import StudentConfig, TrainConfig
+    from mdistill.config import TrainConfig
     from mdistill.encode import load_sentence_transformer
     from mdistill.models.split import bottom_states
-    from mdistill.pipelines.train import load_trained, train_student
+    from mdistill.stages import train as stage
+    from mdistill.stages.student import TrainingSet
+    from mdistill.teacher.cache import text_key
+    from mdistill.training.loop import LoopConfig, train_loop_per_worker
 
     torch.set_num_threads(os.cpu_count() or 2)
     work = data.parent / f"md-{workers}-{strategy}-{train_layers}-{int(time.time())}"
-    states_dir = work / "states"
+    states_dir = work / "training_set" / "split=train"
     states_dir.mkdir(parents=True)
     path = resolve_model("multilingual-e5-small", Path("~/.cache/mdistill").expanduser())
     st = load_sentence_transformer(path, device="cpu", max_seq_length=64)
@@ -145,7 +149,7 @@ def child_md(data: Path, batch: int, lr: float, workers: int, strategy: str, tra
     hidden, pooled = bottom_states(st, t.column("text").to_pylist(), 12 - train_layers, prompt=PROMPT)
     frozen_s = time.time() - t0
     table = (
-        t.append_column("split", pa.array(["train"] * n))
+        t.append_column("key", pa.array([text_key(x) for x in t.column("text").to_pylist()]))
         .append_column("en", pa.array([""] * n))
         .append_column("lang", pa.array(["xx"] * n))
     )
@@ -163,25 +167,31 @@ def child_md(data: Path, batch: int, lr: float, workers: int, strategy: str, tra
         zero_stage=int(strategy[-1]) if strategy.startswith("zero") else 2, bucket_rows=1024, log_every=10**6, resume=False,
     )  # fmt: skip
     t1 = time.time()
-    trainer = train_student(
-        "bench", StudentConfig(train_layers=train_layers, projection="none"), tc, seed=0, student_path=path, states_dir=states_dir,
-        train_rows=n, dense=None, run_dir=work,
+    ts = TrainingSet(work / "training_set", "bench", n, n, 0, states=True)
+    scaling, threads = stage.scaling(tc)
+    loop = LoopConfig(
+        student_path=path, train_layers=train_layers, dropout=0.0, prompt=PROMPT, max_seq_length=64, head_path=None, dev_dir=None,
+        train_rows=n, threads=threads, seed=0, train=tc,
+    )  # fmt: skip
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config={"loop": loop.model_dump()}, scaling_config=scaling, datasets={"train": ts.train()},
+        dataset_config=stage.data_config(), run_config=stage.run_config("bench", work / "ray_train", tc),
     )  # fmt: skip
     result = trainer.fit()
     fit_s = time.time() - t1
-    logs = load_trained(result)["logs"]
-    loop_rate = logs["history"][-1]["samples_per_s"]  # from the first batch on
+    logs = stage.load_trained(result).logs
+    loop_rate = logs.history[-1].samples_per_s  # from the first batch on
     loop_s = n / loop_rate
     ray.shutdown()
     return {
         "rows": n,
         "frozen_pass_s": frozen_s,
         "train_loop_s": loop_s,
-        "first_batch_wait_s": logs["history"][-1]["first_batch_s"],  # Ray Data start-up inside the worker
+        "first_batch_wait_s": logs.history[-1].first_batch_s,  # Ray Data start-up inside the worker
         "fit_wall_s": fit_s,  # + Ray Train start-up: worker group, process group, DeepSpeed init
         "samples_per_s": n / (frozen_s + loop_s),
         "loop_samples_per_s": loop_rate,
-        "final_loss": logs["history"][-1]["loss"],
+        "final_loss": logs.history[-1].loss,
     }
 
 

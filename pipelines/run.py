@@ -37,7 +37,7 @@ class Prepared(NamedTuple):
     student: student.Student
     training_set: student.TrainingSet
     maps: student.LinearMaps
-    states_pass: CachePass
+    states_pass: CachePass | None  # None: the training set was reused, no frozen pass ran
     train: TrainConfig
 
 
@@ -58,7 +58,7 @@ def run(cfg: RunConfig) -> RunReport:
     with timings.stage("teacher"):
         teacher = open_teacher(cfg.teacher, cfg.cache_path)
         with teacher.cache.lock():
-            needed = cache_pass.distinct(data.teacher_texts())
+            needed = cache_pass.distinct(data.teacher_texts(), data.counts.student_rows)
             vectors = cache_pass.missing(teacher.cache, needed).map_batches(teacher.predictor, **teacher.pool_args(ray.cluster_resources()))
             teacher_pass = cache_pass.commit(teacher.cache, needed, vectors)
 
@@ -66,13 +66,16 @@ def run(cfg: RunConfig) -> RunReport:
     #    training set, fit the linear maps (the baseline, and where its Dense head starts).
     prepared, trainers = {}, {}
     with timings.stage("student_frozen_pass"):
-        sentences = cache_pass.distinct(data.student_texts())  # what every student's frozen pass embeds
+        sentences = None  # what every student's frozen pass embeds (computed when a pass runs)
         for name, scfg, tcfg in specs:
             s = student.build(name, scfg, cfg.cache_path, data, batch_size=cfg.eval.batch_size)
-            with s.cache.lock():
-                states = cache_pass.missing(s.cache, sentences).map_batches(s.predictor, **s.pool_args(ray.cluster_resources()))
-                states_pass = cache_pass.commit(s.cache, sentences, states, commit_rows=1024)  # ~50 KB of states a row
-            ts = student.prepare_training_set(data, teacher.cache, s, cfg.cache_path)
+            ts, states_pass = student.find_training_set(data, teacher.cache, s, cfg.cache_path), None  # joined by an earlier run?
+            if ts is None:
+                sentences = sentences or cache_pass.distinct(data.student_texts(), data.counts.student_rows)
+                with s.cache.lock():
+                    states = cache_pass.missing(s.cache, sentences).map_batches(s.predictor, **s.pool_args(ray.cluster_resources()))
+                    states_pass = cache_pass.commit(s.cache, sentences, states, commit_rows=1024)  # ~50 KB of states a row
+                ts = student.prepare_training_set(data, teacher.cache, s, cfg.cache_path)
             maps = student.fit_linear_maps(ts, scfg, name)
 
             # 4. One TorchTrainer per student (DDP or DeepSpeed ZeRO; gloo on CPU, nccl on GPU).
@@ -116,7 +119,7 @@ def run(cfg: RunConfig) -> RunReport:
             students[name] = StudentReport(
                 model=s.path, built_from=s.steps, params=params, layers=s.layers, train_layers=s.config.train_layers,
                 projection=s.config.projection, strategy="ddp" if t.strategy == "ddp" else f"deepspeed-zero{t.zero_stage}",
-                loss=t.loss, logs=trained[name].logs, states_cache=p.states_pass, export=check,
+                loss=t.loss, logs=trained[name].logs, states_cache=p.states_pass, training_set=p.training_set.fingerprint, export=check,
             )  # fmt: skip
 
     own = {name: [b for b in baselines if b == "teacher" or single or b.startswith(f"{name}:")] for name in students}

@@ -73,25 +73,28 @@ def tune_run(cfg: RunConfig) -> RunReport:
     with timings.stage("teacher"):
         teacher = open_teacher(cfg.teacher, cfg.cache_path)
         with teacher.cache.lock():
-            needed = cache_pass.distinct(data.teacher_texts())
+            needed = cache_pass.distinct(data.teacher_texts(), data.counts.student_rows)
             vectors = cache_pass.missing(teacher.cache, needed).map_batches(teacher.predictor, **teacher.pool_args(ray.cluster_resources()))
             teacher_pass = cache_pass.commit(teacher.cache, needed, vectors)
 
     # 3. One frozen pass and training set per distinct student shape of the space: trials only train.
     shapes = {}
     with timings.stage("student_frozen_pass"):
-        sentences = cache_pass.distinct(data.student_texts())  # what every student's frozen pass embeds
+        sentences = None  # what every student's frozen pass embeds (computed when a pass runs)
         for values in student_shapes(cfg):
             key = shape_key(values)
             scfg = trial_config(base, values).student
             s = student.build(key, scfg, cfg.cache_path, data, batch_size=cfg.eval.batch_size)
-            with s.cache.lock():
-                states = cache_pass.missing(s.cache, sentences).map_batches(s.predictor, **s.pool_args(ray.cluster_resources()))
-                states_pass = cache_pass.commit(s.cache, sentences, states, commit_rows=1024)
-            ts = student.prepare_training_set(data, teacher.cache, s, cfg.cache_path)
+            ts, states_pass = student.find_training_set(data, teacher.cache, s, cfg.cache_path), None  # joined by an earlier run?
+            if ts is None:
+                sentences = sentences or cache_pass.distinct(data.student_texts(), data.counts.student_rows)
+                with s.cache.lock():
+                    states = cache_pass.missing(s.cache, sentences).map_batches(s.predictor, **s.pool_args(ray.cluster_resources()))
+                    states_pass = cache_pass.commit(s.cache, sentences, states, commit_rows=1024)  # ~50 KB of states a row
+                ts = student.prepare_training_set(data, teacher.cache, s, cfg.cache_path)
             maps = student.fit_linear_maps(ts, scfg, key)
             head = train.save_head(out / "tune_prep", key, maps.head)
-            shapes[key] = {"student": s, "training_set": ts, "head": head, "states_cache": states_pass.model_dump()}
+            shapes[key] = {"student": s, "training_set": ts, "head": head, "states_cache": states_pass and states_pass.model_dump()}
 
     # 4. The search: Tune over Train, ASHA on the dev metric, resumed if it was interrupted.
     concurrent = tc.max_concurrent_trials or derive_max_concurrent_trials(ray.cluster_resources(), cfg.train.workers, cfg.train.use_gpu)
@@ -117,7 +120,10 @@ def tune_run(cfg: RunConfig) -> RunReport:
                 mode=tc.mode,
                 search_alg=search_algorithm(cfg, concurrent),
                 scheduler=ASHAScheduler(
-                    time_attr="training_iteration", max_t=max_t, grace_period=min(asha.grace_period, max_t), reduction_factor=asha.reduction_factor
+                    time_attr="training_iteration",
+                    max_t=max_t,
+                    grace_period=min(asha.grace_period, max_t),
+                    reduction_factor=asha.reduction_factor,
                 )
                 if asha
                 else FIFOScheduler(),
@@ -157,7 +163,10 @@ def tune_run(cfg: RunConfig) -> RunReport:
                 ray.shutdown()  # the run starts its own local instance
             subprocess.run([sys.executable, "-m", "mdistill.cli", "run", str(best_file)], check=True)
         retrained = load_report(best_cfg.output_path)
-        tune_report.retrained = {"output_dir": str(best_cfg.output_path), "summary": {k: v.model_dump() for k, v in retrained.summary.items()}}
+        tune_report.retrained = {
+            "output_dir": str(best_cfg.output_path),
+            "summary": {k: v.model_dump() for k, v in retrained.summary.items()},
+        }
     report = RunReport(
         config=base,
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -61,6 +61,18 @@ def make_tiny_model(out: Path, texts: list[str], *, layers: int = 2, hidden: int
 
 
 @pytest.fixture(scope="session")
+def ray_shared():
+    """One local Ray instance (2 CPUs) for every in-process integration test: starting Ray costs
+    5-10 s, and the stages accept an initialised Ray as it is. Tests that need their own instance
+    (a driver to kill, a job to submit) run subprocesses, which start separate instances."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def pairs() -> pd.DataFrame:
     return fixture_pairs()
 
@@ -85,7 +97,7 @@ def teacher_pass(cfg, texts: list[str], cache_dir: Path):
 
     teacher = open_teacher(cfg, cache_dir)
     with teacher.cache.lock():
-        needed = cache_pass.distinct(ray.data.from_items([{"text": t} for t in texts]))
+        needed = cache_pass.distinct(ray.data.from_items([{"text": t} for t in texts]), len(texts))
         vectors = cache_pass.missing(teacher.cache, needed).map_batches(teacher.predictor, **teacher.pool_args(ray.cluster_resources()))
         return teacher.cache, cache_pass.commit(teacher.cache, needed, vectors)
 

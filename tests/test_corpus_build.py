@@ -12,15 +12,6 @@ from mdistill.corpus.schema import CorpusReadError
 from bad_corpus import EXPECTED_ROWS_IN, write_bad_corpus
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def _sources(d):
     return [
         {"format": "tsv", "paths": [str(d / "bad.tsv")], "lang": "de"},
@@ -36,7 +27,7 @@ def _sources(d):
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-def test_bad_corpus_in_every_format_accounts_for_every_row(tmp_path, ray_local):
+def test_bad_corpus_in_every_format_accounts_for_every_row(tmp_path, ray_shared):
     from mdistill.stages.corpus import build_corpus
 
     d = tmp_path / "bad"
@@ -96,7 +87,7 @@ def test_bad_corpus_in_every_format_accounts_for_every_row(tmp_path, ray_local):
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-def test_an_unreadable_file_stops_the_build_naming_it(tmp_path, ray_local):
+def test_an_unreadable_file_stops_the_build_naming_it(tmp_path, ray_shared):
     from mdistill.stages.corpus import build_corpus
 
     d = tmp_path / "bad"
@@ -113,7 +104,7 @@ def test_an_unreadable_file_stops_the_build_naming_it(tmp_path, ray_local):
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-def test_cli_corpus_build_from_a_config(tmp_path, ray_local):
+def test_cli_corpus_build_from_a_config(tmp_path, ray_shared):
     from typer.testing import CliRunner
 
     from mdistill.cli import app

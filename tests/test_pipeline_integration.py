@@ -12,18 +12,9 @@ from mdistill.report import load_report
 from conftest import tiny_run_overrides
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, dashboard_host="127.0.0.1")
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.integration
 @pytest.mark.timeout(420)
-def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
+def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
     from mdistill.encode import load_sentence_transformer
     from mdistill.pipelines.run import run
 
@@ -34,8 +25,10 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
     overrides = [
         *tiny_run_overrides(tmp_path, tiny_models, pairs.to_dict("records") + bad),
         "student.train_layers=2",
-        # a 3-layer and a 2-layer (pruned) student, trained at the same time, one worker each
-        "students=[{name: full}, {name: pruned, keep_layers: [0, 2], train_layers: 1, train: {strategy: deepspeed, zero_stage: 2}}]",
+        # a 3-layer (top 2 trained on cached states), a 2-layer pruned one (ZeRO-2) and a full
+        # fine-tune (every layer and the embeddings, from text), trained at the same time, one worker each
+        "students=[{name: full}, {name: pruned, keep_layers: [0, 2], train_layers: 1, train: {strategy: deepspeed, zero_stage: 2}},"
+        " {name: whole, train_layers: all}]",
         "train.workers=1",
         "train.epochs=2",
         "train.bucket_rows=64",
@@ -63,10 +56,10 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
     for lang in ("de", "fr"):
         row = report.metrics[lang]
         assert row.n == d.dev_pairs[lang] > 10
-        for model in ("teacher", "full", "full:untrained", "full:linear_map", "pruned", "pruned:untrained", "pruned:linear_map"):
+        for model in ("teacher", "full", "full:untrained", "full:linear_map", "pruned", "pruned:untrained", "pruned:linear_map", "whole"):
             assert 0.0 <= row.models[model].teacher_space_top1 <= 1.0
     students = report.students
-    assert students["full"].layers == 3 and students["pruned"].layers == 2
+    assert students["full"].layers == 3 and students["pruned"].layers == 2 and students["whole"].train_layers == "all"
     assert students["pruned"].params < students["full"].params
     assert students["pruned"].strategy == "deepspeed-zero2" and students["full"].strategy == "ddp"
     for s in students.values():
@@ -75,7 +68,7 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
     assert report.teacher_cache.computed == report.teacher_cache.distinct_texts > 0
 
     # each exported model loads with sentence-transformers, reproduces our vectors, has a card
-    for name in ("full", "pruned"):
+    for name in ("full", "pruned", "whole"):
         export = students[name].export
         assert export.max_abs_diff < 1e-3
         st = load_sentence_transformer(export.path, device="cpu")
@@ -86,13 +79,17 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_local):
     md = (tmp_path / "run" / "report.md").read_text()
     assert "| de |" in md and "pruned" in md and (tmp_path / "run" / "metrics_by_language.png").exists()
 
-    # warm re-run with other losses (the caches do not depend on the loss): no teacher or
-    # student-state forward pass for cached sentences, the same training set
-    again = run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"loss": "cosine"})}))
+    # warm re-run with another loss, stopped after 10 steps (the caches do not depend on either):
+    # no teacher or student-state forward pass for cached sentences, the same training set
+    again = run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"loss": "cosine", "max_steps": 10})}))
     assert again.students["full"].logs.history[-1].loss_fn == "CosineLoss"
+    assert [h.step for h in again.students["full"].logs.history] == [10]  # a partial epoch, recorded
     assert report.students["full"].logs.history[-1].loss_fn == "MSELoss"
     assert again.corpus_reused and not report.corpus_reused
     assert again.teacher_cache.computed == 0
-    assert all(s.states_cache.computed == 0 for s in again.students.values())
+    assert all(s.states_cache is None for s in again.students.values())  # the training sets are reused: no frozen pass at all
+    assert [s.training_set for s in again.students.values()] == [s.training_set for s in report.students.values()]
     assert again.teacher_cache.cache_hits == report.teacher_cache.distinct_texts
-    np.testing.assert_allclose(again.metrics["de"].models["teacher"].teacher_space_top1, report.metrics["de"].models["teacher"].teacher_space_top1)
+    np.testing.assert_allclose(
+        again.metrics["de"].models["teacher"].teacher_space_top1, report.metrics["de"].models["teacher"].teacher_space_top1
+    )

@@ -27,7 +27,15 @@ def _row(base: float, dim_ok: bool = True) -> Metrics:
 
 
 def synthetic_report(tune: bool = True):
-    models = {"teacher": 0.4, "small:untrained": 0.0, "small:linear_map": 0.85, "small": 0.9, "big:untrained": 0.01, "big:linear_map": 0.87, "big": 0.93}
+    models = {
+        "teacher": 0.4,
+        "small:untrained": 0.0,
+        "small:linear_map": 0.85,
+        "small": 0.9,
+        "big:untrained": 0.01,
+        "big:linear_map": 0.87,
+        "big": 0.93,
+    }
     rep = run_report("demo", {"small": ("/runs/demo/models/small", 0.9), "big": ("/runs/demo/models/big", 0.93)}, langs=tuple(LANGS))
     rep.metrics = {
         lang: LanguageRow(n=n, models={m: _row(v + 0.01 * i, dim_ok=m != "big:untrained") for m, v in models.items()})
@@ -37,16 +45,30 @@ def synthetic_report(tune: bool = True):
     rep.summary = {m: _row(0.5, dim_ok=m != "big:untrained") for m in models}
     for name, scale, strategy in (("small", 1.0, "ddp"), ("big", 1.5, "deepspeed-zero2")):
         s = student_report(f"/runs/demo/models/{name}", params=int(33e6 * scale), strategy=strategy)
-        steps = [StepRecord(step=st, epoch=st // 100 + 1, loss=0.01 * scale * math.exp(-st / 80) + 0.002, lr=3e-4) for st in range(10, 200, 10)]
-        dev = [DevRecord(step=st, pooled_teacher_space_top1=0.85 + st / 4000 * scale, pooled_mse100=0.2 - st / 5000) for st in (50, 100, 150, 200)]
+        steps = [
+            StepRecord(step=st, epoch=st // 100 + 1, loss=0.01 * scale * math.exp(-st / 80) + 0.002, lr=3e-4) for st in range(10, 200, 10)
+        ]
+        dev = [
+            DevRecord(step=st, pooled_teacher_space_top1=0.85 + st / 4000 * scale, pooled_mse100=0.2 - st / 5000)
+            for st in (50, 100, 150, 200)
+        ]
         s.logs = TrainLogs(history=s.logs.history, steps=steps, dev=dev, resumed_at=[60] if name == "big" else [])
         rep.students[name] = s
     if tune:
         trials = [
             TrialSummary(
-                trial_id=f"t{i}", config={"train.lr": 10 ** (-3 - i / 2)}, status="TERMINATED", iterations=4 - (i == 2) * 2, stopped_early=i == 2,
-                best=0.8 + 0.12 - 0.02 * i, starts=1, path=f"/tune/t{i}",
-                history=[{"training_iteration": it, "dev_pooled_teacher_space_top1": 0.8 + 0.03 * it - 0.02 * i} for it in range(1, 5 - (i == 2) * 2)],
+                trial_id=f"t{i}",
+                config={"train.lr": 10 ** (-3 - i / 2)},
+                status="TERMINATED",
+                iterations=4 - (i == 2) * 2,
+                stopped_early=i == 2,
+                best=0.8 + 0.12 - 0.02 * i,
+                starts=1,
+                path=f"/tune/t{i}",
+                history=[
+                    {"training_iteration": it, "dev_pooled_teacher_space_top1": 0.8 + 0.03 * it - 0.02 * i}
+                    for it in range(1, 5 - (i == 2) * 2)
+                ],
             )  # fmt: skip
             for i in range(3)
         ]

@@ -22,15 +22,6 @@ from mdistill.teacher.cache import EmbeddingCache, cache_stats, verify_cache
 from conftest import teacher_pass
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def texts_of(pairs, n: int) -> list[str]:
     base = list(dict.fromkeys(pairs.en))
     return [f"{base[i % len(base)]} ({i})" for i in range(n)]
@@ -44,7 +35,7 @@ def direct(model_dir, texts):
 
 @pytest.mark.integration
 @pytest.mark.timeout(400)
-def test_cache_equals_direct_output_reruns_compute_only_new_texts(tmp_path, tiny_models, pairs, ray_local):
+def test_cache_equals_direct_output_reruns_compute_only_new_texts(tmp_path, tiny_models, pairs, ray_shared):
     cfg = TeacherConfig(model=str(tiny_models["teacher"]), batch_size=32)
     texts = texts_of(pairs, 600)
     cache, st = teacher_pass(cfg, texts + texts[:50], tmp_path)  # repeats are encoded once
@@ -74,7 +65,7 @@ def test_cache_equals_direct_output_reruns_compute_only_new_texts(tmp_path, tiny
 
 @pytest.mark.integration
 @pytest.mark.timeout(400)
-def test_corrupt_shard_is_detected_and_its_texts_recomputed(tmp_path, tiny_models, pairs, ray_local):
+def test_corrupt_shard_is_detected_and_its_texts_recomputed(tmp_path, tiny_models, pairs, ray_shared):
     cfg = TeacherConfig(model=str(tiny_models["teacher"]), batch_size=32)
     texts = texts_of(pairs, 300)
     cache, _ = teacher_pass(cfg, texts, tmp_path)
@@ -89,7 +80,7 @@ def test_corrupt_shard_is_detected_and_its_texts_recomputed(tmp_path, tiny_model
 
 @pytest.mark.integration
 @pytest.mark.timeout(500)
-def test_killed_actor_mid_pass_every_text_present_once(tmp_path, tiny_models, pairs, ray_local):
+def test_killed_actor_mid_pass_every_text_present_once(tmp_path, tiny_models, pairs, ray_shared):
     import psutil
 
     cfg = TeacherConfig(model=str(tiny_models["teacher"]), batch_size=16)

@@ -24,15 +24,6 @@ LOSS_RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)  # the trainers' DataConfig keeps the row order (stages.train.data_config)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def training_set(tmp_path_factory, tiny_models, pairs):
     """A training set as ``stages.student.prepare_training_set`` writes it: the tiny student's
     bottom 1 of 3 layers per row, targets from the tiny teacher (dimension 32, no head needed)."""
@@ -102,7 +93,7 @@ def _losses(result) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(training_set, tiny_models, ray_local, tmp_path_factory):
+def ddp_run(training_set, tiny_models, ray_shared, tmp_path_factory):
     """The uninterrupted DDP run the others are compared with."""
     from mdistill.stages.train import load_trained
 

@@ -134,5 +134,8 @@ def test_tune_two_trials_killed_then_resumed(tmp_path, tiny_models, pairs, kill_
     assert "## Tune (dev_pooled_teacher_space_top1, max)" in md and "gap" in md and "tune_trials.png" in md
     assert (out / "tune_trials.png").stat().st_size > 5000
     # one frozen pass and training set per student shape, shared by the trials (each shape's head init)
-    assert sorted(p.name for p in (out / "tune_prep").iterdir()) == ["train_layers-1.head_init.safetensors", "train_layers-2.head_init.safetensors"]
+    assert sorted(p.name for p in (out / "tune_prep").iterdir()) == [
+        "train_layers-1.head_init.safetensors",
+        "train_layers-2.head_init.safetensors",
+    ]
     assert set(tune["shapes"]) == {"train_layers-1", "train_layers-2"}

@@ -199,13 +199,15 @@ def cache_gc_cmd(
     unused_days: float | None = typer.Option(None, help="also remove whole fingerprints not used for this many days"),
     dry_run: bool = typer.Option(False, help="list what would be removed"),
 ) -> None:
-    """Remove leftovers of interrupted passes, quarantined shards, and (optionally) unused fingerprints."""
+    """Remove leftovers of interrupted passes, quarantined shards, and (optionally) unused fingerprints and training sets."""
+    from mdistill.stages.student import gc_training_sets
     from mdistill.teacher.cache import gc_cache
 
     root = _cache_root(cache_dir)
-    for kind in CACHE_KINDS:
-        for p in gc_cache(root / kind, unused_days=unused_days, dry_run=dry_run):
-            typer.echo(f"{'would remove' if dry_run else 'removed'} {p}")
+    doomed = [p for kind in CACHE_KINDS for p in gc_cache(root / kind, unused_days=unused_days, dry_run=dry_run)]
+    doomed += gc_training_sets(root / "training_sets", unused_days=unused_days, dry_run=dry_run)
+    for p in doomed:
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {p}")
 
 
 @app.command()

@@ -154,6 +154,7 @@ class TrainConfig(_Strict):
     resume: bool = True  # a re-run with the same output dir and training settings continues from its last checkpoint
     dev_every: int | None = Field(None, ge=1)  # steps between dev evaluations during training (None: each epoch end)
     epochs: int = Field(2, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps (None: every epoch)
     batch_size: int = Field(64, ge=1)  # per worker
     lr: float = Field(5e-4, gt=0)
     head_lr: float | None = Field(None, gt=0)  # Dense head; None = lr

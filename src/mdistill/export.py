@@ -83,7 +83,14 @@ def write_model_card(model_dir: str | Path, info: CardInfo) -> Path:
         "library_name": "sentence-transformers",
         "pipeline_tag": "sentence-similarity",
         "language": list(dict.fromkeys(["en", *(_iso639(x) for x in info.languages)])),
-        "tags": ["sentence-transformers", "sentence-similarity", "feature-extraction", "knowledge-distillation", "multilingual", "mdistill"],
+        "tags": [
+            "sentence-transformers",
+            "sentence-similarity",
+            "feature-extraction",
+            "knowledge-distillation",
+            "multilingual",
+            "mdistill",
+        ],
     }
     if info.base_model:
         front["base_model"] = info.base_model

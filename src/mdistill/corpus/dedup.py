@@ -40,7 +40,9 @@ def number_variants(pairs: pa.Table) -> pa.Array:
     """0, 1, 2, ... for the translations of each (en, lang), in text order (0: the smallest)."""
     if pairs.num_rows == 0:
         return pa.array([], pa.int32())
-    order = pairs.append_column("idx", pa.array(np.arange(pairs.num_rows))).sort_by([("lang", "ascending"), ("en", "ascending"), ("text", "ascending")])
+    order = pairs.append_column("idx", pa.array(np.arange(pairs.num_rows))).sort_by(
+        [("lang", "ascending"), ("en", "ascending"), ("text", "ascending")]
+    )
     en, lang = order.column("en").to_numpy(zero_copy_only=False), order.column("lang").to_numpy(zero_copy_only=False)
     new_group = np.r_[True, (en[1:] != en[:-1]) | (lang[1:] != lang[:-1])]
     starts = np.flatnonzero(new_group)

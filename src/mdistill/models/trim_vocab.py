@@ -50,7 +50,9 @@ def _remap_special_ids(node, remap: dict[int, int]):
     return node
 
 
-def trim_vocabulary(model_dir: str | Path, out_dir: str | Path, *, texts: Iterable[str] | None = None, used_ids: set[int] | None = None) -> dict:
+def trim_vocabulary(
+    model_dir: str | Path, out_dir: str | Path, *, texts: Iterable[str] | None = None, used_ids: set[int] | None = None
+) -> dict:
     """Write a copy of a sentence-transformers model with only the pieces ``texts`` use (or the
     ids ``used_ids``, counted elsewhere, e.g. on Ray Data); returns vocabulary sizes and
     parameter counts before and after."""

@@ -54,7 +54,9 @@ def write_report(out_dir: Path, report: RunReport) -> None:
     jobs = []
     if report.metrics:
         title = f"Run {report.name}: teacher-space top-1 per language (dev split)"
-        jobs.append(("metrics_by_language", lambda p: plots.metrics_by_language(report.metrics, p, baselines=report.baselines, title=title)))
+        jobs.append(
+            ("metrics_by_language", lambda p: plots.metrics_by_language(report.metrics, p, baselines=report.baselines, title=title))
+        )
     if report.students:
         jobs.append(("training", lambda p: plots.training_curves({n: s.logs for n, s in report.students.items()}, p)))
     if report.tune:
@@ -71,5 +73,13 @@ def write_eval(out_dir: Path, result: EvalReport) -> None:
     (out_dir / "eval.json").write_text(result.model_dump_json(indent=2))
     metrics = ("teacher_space_top1", "translation_top1_xx2en", "bitext_f1")
     title = f"mdistill eval: {Path(result.data).name}"
-    _plots(out_dir, [("eval_metrics", lambda p: plots.metrics_by_language(result.metrics, p, metrics=metrics, baselines=result.baselines, title=title))])
+    _plots(
+        out_dir,
+        [
+            (
+                "eval_metrics",
+                lambda p: plots.metrics_by_language(result.metrics, p, metrics=metrics, baselines=result.baselines, title=title),
+            )
+        ],
+    )
     (out_dir / "eval.md").write_text(eval_markdown(result))

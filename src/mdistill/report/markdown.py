@@ -123,6 +123,13 @@ def render_markdown(report: RunReport, pngs: dict[str, Path] | None = None) -> s
         for name, s in report.students.items():
             md += [f"### {name}", "", "| epoch | step | loss | samples/s | elapsed s |", "|---|---|---|---|---|"]
             md += [f"| {h.epoch} | {h.step} | {h.loss:.5f} | {h.samples_per_s:.0f} | {h.elapsed_s:.0f} |" for h in s.logs.history]
+            c = s.states_cache
+            frozen = (
+                f"frozen pass over {c.distinct_texts} sentences, {c.cache_hits} cache hits, {c.computed} computed"
+                if c
+                else "frozen pass skipped: an earlier run's training set was reused"
+            )
+            md += ["", f"Training set `{s.training_set[:12]}` ({frozen})."]
             if s.logs.resumed_at:
                 md += ["", f"Resumed at optimizer step(s) {s.logs.resumed_at}."]
             e = s.export
@@ -141,7 +148,12 @@ def render_markdown(report: RunReport, pngs: dict[str, Path] | None = None) -> s
 
 
 def tune_markdown(tune, plot: bool = False) -> list[str]:
-    md = [f"## Tune ({tune.metric}, {tune.mode})", "", "| trial | status | stopped early | iterations | best | config |", "|---|---|---|---|---|---|"]
+    md = [
+        f"## Tune ({tune.metric}, {tune.mode})",
+        "",
+        "| trial | status | stopped early | iterations | best | config |",
+        "|---|---|---|---|---|---|",
+    ]
     for t in tune.trials:
         md.append(
             f"| {t.trial_id} | {t.status} | {'yes' if t.stopped_early else 'no'} | {t.iterations} | {fmt(t.best)} | `{json.dumps(t.config, default=str)}` |"

@@ -123,7 +123,8 @@ class StudentReport(_Model):
     strategy: str
     loss: str
     logs: TrainLogs
-    states_cache: CachePass
+    states_cache: CachePass | None  # the frozen pass; None: it did not run, the training set of an earlier run was reused
+    training_set: str  # its content fingerprint (<cache>/training_sets/<fingerprint>)
     export: ExportCheck
 
 

@@ -50,10 +50,13 @@ def _first_row(group: pa.Table) -> pa.Table:
     return group.slice(0, 1)
 
 
-def distinct(texts: ray.data.Dataset) -> ray.data.Dataset:
-    """One ``(key, text)`` row per distinct text (materialized: the pass counts it and joins it)."""
+def distinct(texts: ray.data.Dataset, rows_hint: int, rows_per_partition: int = 50_000) -> ray.data.Dataset:
+    """One ``(key, text)`` row per distinct text (materialized: the pass counts it and joins it).
+    ``rows_hint`` (about how many texts) sizes the group-by's partitions: Ray's default of 200
+    costs more than the work on small corpora."""
     keyed = texts.select_columns(["text"]).map_batches(add_keys, batch_format="pyarrow")
-    return keyed.groupby("key").map_groups(_first_row, batch_format="pyarrow").materialize()
+    partitions = max(2, min(200, -(-rows_hint // rows_per_partition)))
+    return keyed.groupby("key", num_partitions=partitions).map_groups(_first_row, batch_format="pyarrow").materialize()
 
 
 def join_partitions(total_bytes: int, partition_bytes: int = 64 << 20, most: int = 256) -> int:
@@ -71,7 +74,9 @@ def missing(cache: EmbeddingCache, needed: ray.data.Dataset) -> ray.data.Dataset
     return needed.join(keys, join_type="left_anti", num_partitions=join_partitions(2 * needed.size_bytes()), on=("key",))
 
 
-def commit(cache: EmbeddingCache, needed: ray.data.Dataset, outputs: ray.data.Dataset, *, commit_rows: int = 4096, t0: float | None = None) -> CachePass:
+def commit(
+    cache: EmbeddingCache, needed: ray.data.Dataset, outputs: ray.data.Dataset, *, commit_rows: int = 4096, t0: float | None = None
+) -> CachePass:
     """Write ``outputs`` (``key`` + model outputs) to the cache as shards of about ``commit_rows``."""
     t0 = time.time() if t0 is None else t0
     pending: list[pa.Table] = []

@@ -27,7 +27,9 @@ def trained_model(student: Student, trained: Trained):
     return st, dense
 
 
-def export(student: Student, trained: Trained, ts: TrainingSet, out_dir: Path, *, extra: dict, check_rows: int = 100) -> tuple[ExportCheck, int]:
+def export(
+    student: Student, trained: Trained, ts: TrainingSet, out_dir: Path, *, extra: dict, check_rows: int = 100
+) -> tuple[ExportCheck, int]:
     """Write the model; returns the check and the exported model's parameter count."""
     st, dense = trained_model(student, trained)
     path = export_student(st, dense, out_dir, prompt=student.prompt, extra=extra)

@@ -90,7 +90,9 @@ class Selection:
     def teacher_texts(self) -> ray.data.Dataset:
         """What the teacher embeds: every English source (the targets) and the dev translations
         (the teacher-alone baseline)."""
-        dev = pa.table({"text": pc.unique(pa.concat_arrays([self.dev.column("en").combine_chunks(), self.dev.column("text").combine_chunks()]))})
+        dev = pa.table(
+            {"text": pc.unique(pa.concat_arrays([self.dev.column("en").combine_chunks(), self.dev.column("text").combine_chunks()]))}
+        )
         train = self.train_english().map_batches(lambda b: pa.table({"text": b.column("en").cast(pa.string())}), batch_format="pyarrow")
         return train.union(ray.data.from_arrow(dev.cast(pa.schema([("text", pa.string())]))))
 
@@ -104,17 +106,25 @@ def select_data(corpus: Corpus, langs: list[str], max_dev_per_lang: int | None) 
     # driver merges blocks as they come (it never holds more than ~2n rows per language).
     schema = pa.schema([("en", pa.string()), ("lang", pa.string()), ("text", pa.string())])
     dev = schema.empty_table()
-    firsts = read_pairs(corpus, langs, "dev").map_batches(partial(first_sources, n=max_dev_per_lang), batch_format="pyarrow", batch_size=None)
+    firsts = read_pairs(corpus, langs, "dev").map_batches(
+        partial(first_sources, n=max_dev_per_lang), batch_format="pyarrow", batch_size=None
+    )
     for block in firsts.iter_batches(batch_size=None, batch_format="pyarrow"):
         dev = first_sources(pa.concat_tables([dev, block.select(["en", "lang", "text"]).cast(schema)]), max_dev_per_lang)
 
     train_pairs: dict[str, int] = {}
-    for block in read_pairs(corpus, langs, "train").map_batches(_count_langs, batch_format="pyarrow").iter_batches(batch_size=None, batch_format="pyarrow"):
+    for block in (
+        read_pairs(corpus, langs, "train")
+        .map_batches(_count_langs, batch_format="pyarrow")
+        .iter_batches(batch_size=None, batch_format="pyarrow")
+    ):
         for lg, n in zip(block.column("lang").to_pylist(), block.column("n").to_pylist()):
             train_pairs[lg] = train_pairs.get(lg, 0) + n
     train_english = read_english(corpus, "train").count()
     if not train_pairs or not dev.num_rows:
-        raise RuntimeError(f"no {'training' if not train_pairs else 'dev'} pairs after cleaning and splitting; see {corpus.dir / 'manifest.json'}")
+        raise RuntimeError(
+            f"no {'training' if not train_pairs else 'dev'} pairs after cleaning and splitting; see {corpus.dir / 'manifest.json'}"
+        )
     vc = pc.value_counts(dev.column("lang"))
     dev_pairs = {v.as_py(): c.as_py() for v, c in zip(vc.field("values"), vc.field("counts"))}
     dev_english = len(pc.unique(dev.column("en")))
@@ -124,5 +134,7 @@ def select_data(corpus: Corpus, langs: list[str], max_dev_per_lang: int | None) 
         dev_pairs={k: dev_pairs[k] for k in sorted(dev_pairs)},
         student_rows=train_english + sum(train_pairs.values()) + dev_english + dev.num_rows,
     )
-    key = json.dumps({"corpus": corpus.fingerprint, "langs": list(langs), "max_dev": max_dev_per_lang, "v": SELECTION_VERSION}, sort_keys=True)
+    key = json.dumps(
+        {"corpus": corpus.fingerprint, "langs": list(langs), "max_dev": max_dev_per_lang, "v": SELECTION_VERSION}, sort_keys=True
+    )
     return Selection(corpus, langs, dev, counts, hashlib.blake2b(key.encode(), digest_size=16).hexdigest())

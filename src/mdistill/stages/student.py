@@ -104,7 +104,12 @@ def build(name: str, cfg: StudentConfig, cache_dir: Path, data: Selection, *, ba
     cache = EmbeddingCache(cache_dir / "student_states", fp)
     cache.write_meta(model=path, kind=role, frozen_layers=frozen, max_seq_length=cfg.max_seq_length, prompt=prompt)
     kwargs = dict(
-        model=path, frozen_layers=frozen, max_seq_length=cfg.max_seq_length, batch_size=batch_size, prompt=prompt, keep_states=not cfg.full_finetune
+        model=path,
+        frozen_layers=frozen,
+        max_seq_length=cfg.max_seq_length,
+        batch_size=batch_size,
+        prompt=prompt,
+        keep_states=not cfg.full_finetune,
     )
     return Student(name, cfg, path, built["steps"], prompt, layers, cache, kwargs, batch_rows=512)
 
@@ -143,24 +148,41 @@ def _count_rows(folder: Path) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in folder.rglob("*.parquet")) if folder.is_dir() else 0
 
 
+def _training_set_id(data: Selection, teacher: EmbeddingCache, student: Student) -> tuple[str, dict]:
+    ident = {"selection": data.fingerprint, "teacher": teacher.fingerprint, "student": student.cache.fingerprint, "v": TRAINING_SET_VERSION}
+    return hashlib.blake2b(json.dumps(ident, sort_keys=True).encode(), digest_size=16).hexdigest(), ident
+
+
+def find_training_set(data: Selection, teacher: EmbeddingCache, student: Student, cache_dir: Path) -> TrainingSet | None:
+    """The training set an earlier run joined from the same selection, teacher and frozen pass, if any."""
+    fp, _ = _training_set_id(data, teacher, student)
+    done = cache_dir / "training_sets" / fp / "_SUCCESS.json"
+    if not done.is_file():
+        return None
+    meta = json.loads(done.read_text())
+    done.touch()  # last used: what `mdistill cache gc --unused-days` looks at
+    return TrainingSet(done.parent, fp, meta["rows"], meta["train_rows"], meta["dev_rows"], not student.full_finetune)
+
+
 def prepare_training_set(data: Selection, teacher: EmbeddingCache, student: Student, cache_dir: Path) -> TrainingSet:
     """The student's rows + ``target`` (teacher(en)) + its cached outputs, joined on Ray Data and
     written once per fingerprint (selection, teacher, frozen pass): re-runs and resumed runs read
-    the same files."""
+    the same files (``find_training_set``)."""
+    existing = find_training_set(data, teacher, student, cache_dir)
+    if existing is not None:
+        return existing
     states = not student.full_finetune
-    ident = {"selection": data.fingerprint, "teacher": teacher.fingerprint, "student": student.cache.fingerprint, "v": TRAINING_SET_VERSION}
-    fp = hashlib.blake2b(json.dumps(ident, sort_keys=True).encode(), digest_size=16).hexdigest()
+    fp, ident = _training_set_id(data, teacher, student)
     out = cache_dir / "training_sets" / fp
-    done = out / "_SUCCESS.json"
-    if done.is_file():
-        meta = json.loads(done.read_text())
-        return TrainingSet(out, fp, meta["rows"], meta["train_rows"], meta["dev_rows"], states)
 
     rows = data.rows()
     teacher_files = [str(p) for p in teacher.readable_shards()]
     student_files = [str(p) for p in student.cache.readable_shards()]
-    targets = ray.data.read_parquet(teacher_files).select_columns(["key", "embedding"]).rename_columns({"key": "en_key", "embedding": "target"})
+    targets = (
+        ray.data.read_parquet(teacher_files).select_columns(["key", "embedding"]).rename_columns({"key": "en_key", "embedding": "target"})
+    )
     outputs = ray.data.read_parquet(student_files).select_columns(["key", "pooled", *(["hidden", "length", "dim"] if states else [])])
+
     def size(files: list[str]) -> int:
         return sum(Path(p).stat().st_size for p in files)
 
@@ -186,6 +208,28 @@ def prepare_training_set(data: Selection, teacher: EmbeddingCache, student: Stud
     return TrainingSet(out, fp, train_rows + dev_rows, train_rows, dev_rows, states)
 
 
+def gc_training_sets(root: Path, *, unused_days: float | None = None, min_age_s: float = 3600, dry_run: bool = False) -> list[Path]:
+    """Remove training sets not used for ``unused_days`` and the leftovers of interrupted writes
+    older than ``min_age_s`` (a running write may own younger ones). Returns what was (or would be) removed."""
+    import time
+
+    now, doomed = time.time(), []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if d.name.startswith("."):
+            if now - d.stat().st_mtime > min_age_s:
+                doomed.append(d)
+        elif (
+            unused_days is not None
+            and (d / "_SUCCESS.json").is_file()
+            and now - (d / "_SUCCESS.json").stat().st_mtime > unused_days * 86400
+        ):
+            doomed.append(d)
+    if not dry_run:
+        for d in doomed:
+            shutil.rmtree(d, ignore_errors=True)
+    return doomed
+
+
 # -- linear maps ----------------------------------------------------------------------------------
 
 
@@ -204,12 +248,16 @@ class LinearMaps:
 def fit_linear_maps(ts: TrainingSet, cfg: StudentConfig, name: str) -> LinearMaps:
     train = ray.data.read_parquet(str(ts.train_dir)).select_columns(["pooled", "target"])
     total = None
-    for block in train.map_batches(_sums_batch, batch_size=4096, batch_format="pyarrow").iter_batches(batch_size=None, batch_format="pyarrow"):
+    for block in train.map_batches(_sums_batch, batch_size=4096, batch_format="pyarrow").iter_batches(
+        batch_size=None, batch_format="pyarrow"
+    ):
         for row in block.to_pylist():
             total = add_sums(total, {k: np.asarray(v, np.float64) for k, v in row.items()})
     d, k = len(total["sx"]), len(total["sy"])
     total = {**total, "n": total["n"].reshape(()), "sxx": total["sxx"].reshape(d, d), "sxy": total["sxy"].reshape(d, k)}
     if cfg.projection == "none" and d != k:
         raise ValueError(f"{name}: student.projection=none needs equal dimensions, but the student has {d} and the teacher {k}")
-    head = {"lstsq": lambda: lstsq_from_sums(total, cfg.head_ridge), "random": lambda: torch.nn.Linear(d, k), "none": lambda: None}[cfg.projection]()
+    head = {"lstsq": lambda: lstsq_from_sums(total, cfg.head_ridge), "random": lambda: torch.nn.Linear(d, k), "none": lambda: None}[
+        cfg.projection
+    ]()
     return LinearMaps(lstsq_from_sums(total), head, (d, k))

@@ -9,7 +9,7 @@ A checkpoint folder (written by rank 0, plus DeepSpeed's per-rank partitions):
   ``torch.load(weights_only=True)``;
 - ``deepspeed/`` (DeepSpeed): each rank's optimizer partition, read back through
   ``WeightsOnlyCheckpointEngine`` (``weights_only=True`` with DeepSpeed's three plain data
-  classes allow-listed), never through DeepSpeed's default ``weights_only=False``;
+  classes allow-listed), never through DeepSpeed's default loader, which unpickles anything;
 - ``dev_vectors.parquet`` (final checkpoint): the trained student's vector of every dev row.
 
 A run folder is shared storage on a cluster: whoever can write there must not be able to run

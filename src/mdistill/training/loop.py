@@ -106,6 +106,8 @@ class DistillLoop:
 
         self.micro_per_epoch = steps_per_epoch(cfg.train_rows // self.world, t.batch_size, t.bucket_rows)
         self.total_micro = self.micro_per_epoch * t.epochs
+        if t.max_steps is not None:
+            self.total_micro = min(self.total_micro, t.max_steps * t.grad_accum)
         self.total_steps = -(-self.total_micro // t.grad_accum)
         optimizer, scheduler = make_optimizer(
             self.student, lr=t.lr, head_lr=t.head_lr, weight_decay=t.weight_decay, total_steps=self.total_steps, warmup_ratio=t.warmup_ratio
@@ -182,6 +184,8 @@ class DistillLoop:
         for i, batch in enumerate(bucketed_batches(chunks, t.batch_size, rng, self.features)):
             if first_batch_s is None:  # the rate is the training loop's; the pipeline's start-up is logged apart
                 first_batch_s, t0 = time.time() - t0, time.time()
+            if self.micro >= self.total_micro:
+                break  # train.max_steps reached mid-epoch (every rank stops at the same step)
             if i < skip or self.micro >= start + self.micro_per_epoch:
                 continue  # done before the restart / a surplus batch (the shard split is equal, so rarely)
             batch = to_device(batch, self.device, self.dtype)
@@ -192,7 +196,16 @@ class DistillLoop:
             else:
                 sync = boundary or self.world == 1
                 with self.autocast, self.model.no_sync() if not sync and hasattr(self.model, "no_sync") else nullcontext():
-                    loss = train_step(self.model, self.loss_fn, self.optimizer, self.scheduler, batch, t.max_grad_norm, accum=t.grad_accum, boundary=boundary)
+                    loss = train_step(
+                        self.model,
+                        self.loss_fn,
+                        self.optimizer,
+                        self.scheduler,
+                        batch,
+                        t.max_grad_norm,
+                        accum=t.grad_accum,
+                        boundary=boundary,
+                    )
             losses.append(loss)
             seen += len(batch[0])
             if not boundary:
@@ -208,13 +221,17 @@ class DistillLoop:
                         "epoch %d/%d step %d/%d loss %.5f lr %.2e %.0f samples/s", epoch + 1, t.epochs, step, self.total_steps,
                         self.logs.steps[-1].loss, lr, rate,
                     )  # fmt: skip
-            epoch_end = self.micro % self.micro_per_epoch == 0
+            epoch_end = self.micro % self.micro_per_epoch == 0 or self.micro == self.total_micro  # the last, maybe partial, epoch
             dev_due = self.dev is not None and (epoch_end if t.dev_every is None else step % t.dev_every == 0)
             ckpt_due = epoch_end or (t.checkpoint_every is not None and step % t.checkpoint_every == 0)
             metrics = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / len(losses), "elapsed_s": time.time() - t0}
             if dev_due:
                 dm = self.dev_metrics()
-                self.logs.dev.append(DevRecord(step=step, pooled_teacher_space_top1=dm["dev_pooled_teacher_space_top1"], pooled_mse100=dm["dev_pooled_mse100"]))
+                self.logs.dev.append(
+                    DevRecord(
+                        step=step, pooled_teacher_space_top1=dm["dev_pooled_teacher_space_top1"], pooled_mse100=dm["dev_pooled_mse100"]
+                    )
+                )
                 metrics.update(dm)
             if epoch_end:
                 rec = EpochRecord(
@@ -295,4 +312,6 @@ class DistillLoop:
             self.save_and_report(last.model_dump() if last else {}, final=True)
             return
         for epoch in range(self.micro // self.micro_per_epoch, self.t.epochs):
+            if self.micro >= self.total_micro:
+                break
             self.train_epoch(epoch)

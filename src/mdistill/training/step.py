@@ -153,7 +153,9 @@ def deepspeed_step(engine, loss_fn, batch) -> float:
 
 
 @torch.no_grad()
-def embed_rows(model, rows: pa.Table, features=None, *, batch_size: int = 128, device="cpu", dtype: torch.dtype | None = None) -> np.ndarray:
+def embed_rows(
+    model, rows: pa.Table, features=None, *, batch_size: int = 128, device="cpu", dtype: torch.dtype | None = None
+) -> np.ndarray:
     """The model's vectors (float32, row order) of ``rows`` (states or text columns, as ``features`` reads them)."""
     features = features or StateFeatures()
     was_training = model.training

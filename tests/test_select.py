@@ -1,0 +1,70 @@
+"""Selection on a real corpus folder (Ray Data, local): one translation per (English, language),
+the dev sample's first N English sources per language, and the student's rows."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from mdistill.corpus.dedup import number_variants
+from mdistill.stages.select import first_sources
+
+
+def test_variants_number_translations_by_text():
+    t = pa.table({"en": ["b", "a", "a", "a", "b"], "lang": ["de", "de", "de", "fr", "de"], "text": ["y", "z", "x", "q", "x"]})
+    assert number_variants(t).to_pylist() == [1, 1, 0, 0, 0]  # (a, de): x < z; (b, de): x < y
+
+
+def test_first_sources_is_a_streaming_top_n():
+    rows = [{"en": f"e{i:03d}", "lang": lang, "text": f"{lang}{i}"} for lang in ("de", "fr") for i in range(50)]
+    t = pa.Table.from_pylist(rows[::-1])
+    blocks = [t.slice(i, 7) for i in range(0, t.num_rows, 7)]
+    merged = pa.table({"en": pa.array([], pa.string()), "lang": pa.array([], pa.string()), "text": pa.array([], pa.string())})
+    for b in blocks:  # as select_data merges the blocks' own top-n
+        merged = first_sources(pa.concat_tables([merged, first_sources(b, 5)]), 5)
+    assert merged.to_pylist() == first_sources(t, 5).to_pylist()
+    assert [r["en"] for r in merged.to_pylist() if r["lang"] == "fr"] == [f"e{i:03d}" for i in range(5)]
+    assert first_sources(t, None).num_rows == 100
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_selection_matches_a_pandas_reference(tmp_path, pairs, ray_shared):
+    import pyarrow.parquet as pq
+    import ray
+
+    from mdistill.config import load_config
+    from mdistill.stages.corpus import build_corpus
+    from mdistill.stages.select import select_data
+
+    src = tmp_path / "pairs.parquet"
+    extra = [{"en": e, "lang": lg, "text": t + " (variant)"} for e, lg, t in zip(pairs.en[:40], pairs.lang[:40], pairs.text[:40])]
+    pq.write_table(pa.Table.from_pylist(pairs.to_dict("records") + extra), src)
+    cfg = load_config(
+        None,
+        [
+            f"corpus.sources=[{{format: parquet, paths: [{src}]}}]",
+            "corpus.langs=[de, fr]",
+            "corpus.dev_fraction=0.3",
+            "corpus.train_fraction=1.0",
+        ],
+    )
+    corpus = build_corpus(cfg.corpus, tmp_path / "cache")
+    data = select_data(corpus, cfg.corpus.langs, 20)
+
+    # the reference: what the run selected before it streamed (pandas over the whole corpus)
+    df = pq.read_table(corpus.pairs).to_pandas()
+    df = df.sort_values(["split", "lang", "en", "text"]).drop_duplicates(["en", "lang"])
+    train, dev = df[df.split == "train"], df[df.split == "dev"].groupby("lang").head(20)
+    assert data.counts.train_pairs == train.groupby("lang").size().to_dict()
+    assert data.counts.train_english == train.en.nunique()
+    assert (
+        data.dev.to_pandas()[["en", "lang", "text"]].values.tolist()
+        == dev.sort_values(["lang", "en"])[["en", "lang", "text"]].values.tolist()
+    )
+
+    rows = pa.concat_tables(ray.get(data.rows().to_arrow_refs())).to_pandas()
+    assert len(rows) == data.counts.student_rows
+    assert sorted(rows[rows.lang == "en"].text) == sorted([*train.en.unique(), *dev.en.unique()])  # every English source once
+    assert len(rows[(rows.lang != "en") & (rows.split == "train")]) == len(train)
+    assert (rows.en_key.str.len() == 32).all() and (rows[rows.lang == "en"].key == rows[rows.lang == "en"].en_key).all()

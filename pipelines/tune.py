@@ -24,6 +24,7 @@ import ray
 import torch
 import yaml
 from ray import tune
+from ray.data.expressions import col
 from ray.train.torch import TorchTrainer
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -71,26 +72,28 @@ def tune_run(cfg: RunConfig) -> RunReport:
         corpus = build_corpus(cfg.corpus, cfg.cache_path)
         data = select_data(corpus, cfg.corpus.langs, cfg.eval.max_dev_per_lang)
     with timings.stage("teacher"):
+        sentences = cache_pass.Distinct(
+            data.sentences(), data.counts.student_rows, flag="teacher"
+        )  # every text once, the teacher's flagged
         teacher = open_teacher(cfg.teacher, cfg.cache_path)
         with teacher.cache.lock():
-            needed = cache_pass.distinct(data.teacher_texts(), data.counts.student_rows)
-            vectors = cache_pass.missing(teacher.cache, needed).map_batches(teacher.predictor, **teacher.pool_args(ray.cluster_resources()))
-            teacher_pass = cache_pass.commit(teacher.cache, needed, vectors)
+            todo = cache_pass.plan(teacher.cache, lambda: sentences().filter(expr=col("teacher")), data.fingerprint)
+            vectors = todo.rows.map_batches(teacher.predictor, **teacher.pool_args(ray.cluster_resources())) if todo.rows else None
+            teacher_pass = cache_pass.commit(todo, vectors)
 
     # 3. One frozen pass and training set per distinct student shape of the space: trials only train.
     shapes = {}
     with timings.stage("student_frozen_pass"):
-        sentences = None  # what every student's frozen pass embeds (computed when a pass runs)
         for values in student_shapes(cfg):
             key = shape_key(values)
             scfg = trial_config(base, values).student
             s = student.build(key, scfg, cfg.cache_path, data, batch_size=cfg.eval.batch_size)
             ts, states_pass = student.find_training_set(data, teacher.cache, s, cfg.cache_path), None  # joined by an earlier run?
             if ts is None:
-                sentences = sentences or cache_pass.distinct(data.student_texts(), data.counts.student_rows)
                 with s.cache.lock():
-                    states = cache_pass.missing(s.cache, sentences).map_batches(s.predictor, **s.pool_args(ray.cluster_resources()))
-                    states_pass = cache_pass.commit(s.cache, sentences, states, commit_rows=1024)  # ~50 KB of states a row
+                    todo = cache_pass.plan(s.cache, sentences, data.fingerprint)
+                    states = todo.rows.map_batches(s.predictor, **s.pool_args(ray.cluster_resources())) if todo.rows else None
+                    states_pass = cache_pass.commit(todo, states, commit_rows=1024)  # ~50 KB of states a row
                 ts = student.prepare_training_set(data, teacher.cache, s, cfg.cache_path)
             maps = student.fit_linear_maps(ts, scfg, key)
             head = train.save_head(out / "tune_prep", key, maps.head)

@@ -60,11 +60,11 @@ def make_tiny_model(out: Path, texts: list[str], *, layers: int = 2, hidden: int
     return write_sentence_transformer(out, BertModel(cfg, add_pooling_layer=False), fast, max_seq_length=64, prompt=prompt)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_shared():
-    """One local Ray instance (2 CPUs) for every in-process integration test: starting Ray costs
-    5-10 s, and the stages accept an initialised Ray as it is. Tests that need their own instance
-    (a driver to kill, a job to submit) run subprocesses, which start separate instances."""
+    """A local Ray instance (2 CPUs) shared by a module's in-process integration tests (the stages
+    accept an initialised Ray as it is). Per module, not per session: an idle instance left running
+    would slow the tests that start their own (a driver to kill, a job to submit) on 2 cores."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False)
@@ -97,9 +97,11 @@ def teacher_pass(cfg, texts: list[str], cache_dir: Path):
 
     teacher = open_teacher(cfg, cache_dir)
     with teacher.cache.lock():
-        needed = cache_pass.distinct(ray.data.from_items([{"text": t} for t in texts]), len(texts))
-        vectors = cache_pass.missing(teacher.cache, needed).map_batches(teacher.predictor, **teacher.pool_args(ray.cluster_resources()))
-        return teacher.cache, cache_pass.commit(teacher.cache, needed, vectors)
+        # no selection fingerprint: every call plans from the cache's keys (the tests change the texts)
+        texts_once = cache_pass.Distinct(ray.data.from_items([{"text": t} for t in texts]), len(texts))
+        todo = cache_pass.plan(teacher.cache, texts_once, None)
+        vectors = todo.rows.map_batches(teacher.predictor, **teacher.pool_args(ray.cluster_resources())) if todo.rows else None
+        return teacher.cache, cache_pass.commit(todo, vectors)
 
 
 def tiny_run_overrides(tmp_path: Path, tiny_models: dict[str, Path], rows: list[dict]) -> list[str]:

@@ -25,10 +25,9 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
     overrides = [
         *tiny_run_overrides(tmp_path, tiny_models, pairs.to_dict("records") + bad),
         "student.train_layers=2",
-        # a 3-layer (top 2 trained on cached states), a 2-layer pruned one (ZeRO-2) and a full
-        # fine-tune (every layer and the embeddings, from text), trained at the same time, one worker each
-        "students=[{name: full}, {name: pruned, keep_layers: [0, 2], train_layers: 1, train: {strategy: deepspeed, zero_stage: 2}},"
-        " {name: whole, train_layers: all}]",
+        # a 3-layer (top 2 trained on cached states) and a 2-layer pruned one (ZeRO-2), trained at
+        # the same time, one worker each (the full fine-tune is tests/test_resume.py's student)
+        "students=[{name: full}, {name: pruned, keep_layers: [0, 2], train_layers: 1, train: {strategy: deepspeed, zero_stage: 2}}]",
         "train.workers=1",
         "train.epochs=2",
         "train.bucket_rows=64",
@@ -56,10 +55,10 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
     for lang in ("de", "fr"):
         row = report.metrics[lang]
         assert row.n == d.dev_pairs[lang] > 10
-        for model in ("teacher", "full", "full:untrained", "full:linear_map", "pruned", "pruned:untrained", "pruned:linear_map", "whole"):
+        for model in ("teacher", "full", "full:untrained", "full:linear_map", "pruned", "pruned:untrained", "pruned:linear_map"):
             assert 0.0 <= row.models[model].teacher_space_top1 <= 1.0
     students = report.students
-    assert students["full"].layers == 3 and students["pruned"].layers == 2 and students["whole"].train_layers == "all"
+    assert students["full"].layers == 3 and students["pruned"].layers == 2
     assert students["pruned"].params < students["full"].params
     assert students["pruned"].strategy == "deepspeed-zero2" and students["full"].strategy == "ddp"
     for s in students.values():
@@ -68,7 +67,7 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
     assert report.teacher_cache.computed == report.teacher_cache.distinct_texts > 0
 
     # each exported model loads with sentence-transformers, reproduces our vectors, has a card
-    for name in ("full", "pruned", "whole"):
+    for name in ("full", "pruned"):
         export = students[name].export
         assert export.max_abs_diff < 1e-3
         st = load_sentence_transformer(export.path, device="cpu")

@@ -1,7 +1,9 @@
 """A stopped ``mdistill run`` resumes: the driver (and the local Ray it started, its whole process
 group) is SIGKILLed mid-training of a real run (tiny models, corpus, teacher and frozen pass
 included); the same command run again starts at the checkpoint's step and ends like a run that
-was never interrupted."""
+was never interrupted. The student is a full fine-tune (``train_layers: all``: every layer and the
+embeddings, trained from tokenised text), the mode for GPUs; the end-to-end test covers the
+frozen-bottom mode."""
 
 from __future__ import annotations
 
@@ -43,9 +45,9 @@ def test_killed_driver_rerun_resumes_at_the_checkpoint_step(tmp_path, tiny_model
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     tiny = [
         *tiny_run_overrides(tmp_path, tiny_models, pairs.to_dict("records")),
-        "student.train_layers=2",
+        "student.train_layers=all",
         "train.workers=1",
-        "train.epochs=6",
+        "train.epochs=2",
         "train.batch_size=8",
         "train.checkpoint_every=20",
         "train.log_every=10",
@@ -84,6 +86,7 @@ def test_killed_driver_rerun_resumes_at_the_checkpoint_step(tmp_path, tiny_model
     )
     assert ref.returncode == 0, ref.stdout[-4000:]
     a, b = load_report(tmp_path / "killed"), load_report(tmp_path / "clean")
+    assert a.students["student"].train_layers == "all" and a.students["student"].export.max_abs_diff < 1e-3
     la, lb = a.students["student"].logs, b.students["student"].logs
     assert la.resumed_at == [step] and lb.resumed_at == []
     assert la.history[-1].step == lb.history[-1].step

@@ -68,3 +68,40 @@ def test_selection_matches_a_pandas_reference(tmp_path, pairs, ray_shared):
     assert sorted(rows[rows.lang == "en"].text) == sorted([*train.en.unique(), *dev.en.unique()])  # every English source once
     assert len(rows[(rows.lang != "en") & (rows.split == "train")]) == len(train)
     assert (rows.en_key.str.len() == 32).all() and (rows[rows.lang == "en"].key == rows[rows.lang == "en"].en_key).all()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_broadcast_and_hash_joins_agree(tmp_path, ray_shared, monkeypatch):
+    """The training set's joins take a broadcast path for a small cache and a hash join on Ray Data
+    for a big one: the same rows either way (inner: payload added; anti: the unmatched rows)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import ray
+
+    from mdistill.stages import cache_pass
+    from mdistill.teacher.cache import embeddings_table
+
+    keys = [f"k{i}" for i in range(300)]
+    files = []
+    for i in range(3):  # the cache: 3 shards, vectors i/1000
+        f = tmp_path / f"shard{i}.parquet"
+        pq.write_table(
+            embeddings_table(
+                keys[i * 100 : (i + 1) * 100],
+                np.arange(i * 100, (i + 1) * 100, dtype=np.float32)[:, None] / 1000 + np.zeros((100, 4), np.float32),
+            ),
+            f,
+        )
+        files.append(str(f))
+    left = ray.data.from_items([{"en_key": f"k{i}", "row": i} for i in range(250, 400)])  # 50 cached, 100 not
+
+    def run(**kw):
+        inner = cache_pass.join_files(left, files, key="key", left_key="en_key", columns=["embedding"], **kw)
+        return sorted((r["row"], round(float(r["embedding"][0]), 3)) if "embedding" in r else r["row"] for r in inner.take_all())
+
+    small = run(), run(anti=True)
+    monkeypatch.setattr(cache_pass, "BROADCAST_BYTES", 0)
+    big = run(), run(anti=True)
+    assert small == big
+    assert small[0] == [(i, i / 1000) for i in range(250, 300)] and small[1] == list(range(300, 400))

@@ -132,6 +132,7 @@ def test_submit_tiny_distillation(tmp_path, ray_head, tiny_models, pairs, monkey
         *tiny_run_overrides(tmp_path, tiny_models, pairs.to_dict("records")),
         "student.train_layers=2",
         "train.epochs=1",
+        "train.max_steps=8",
         "train.bucket_rows=64",
     ]
     # the client gets the token the way a user's shell would: RAY_AUTH_TOKEN (no RAY_AUTH_MODE needed)

@@ -57,3 +57,27 @@ def test_train_step_reduces_loss():
 
     losses = [train_step(Wrap(), MSELoss(), opt, sched, (x, None, y), 1.0) for _ in range(50)]
     assert losses[-1] < losses[0] * 0.8
+
+
+def test_a_bf16_model_trains_on_cast_inputs(tiny_models, pairs):
+    """DeepSpeed with bf16 (the GPU configuration) casts the model to bf16 while the batches hold
+    float32 states: ``to_device(batch, device, dtype)`` casts the float inputs, the loss is taken
+    in float32 on the float32 targets. Pinned on CPU, where bf16 matmuls run too."""
+    import pytest
+
+    from mdistill.encode import load_sentence_transformer
+    from mdistill.models.split import TopStudent, bottom_states, pad_states
+    from mdistill.training.step import to_device
+
+    st = load_sentence_transformer(str(tiny_models["student"]), device="cpu")
+    states, pooled = bottom_states(st, list(pairs.text[:16]), 2, prompt="query: ")
+    x, m = pad_states(states)
+    y = torch.nn.functional.normalize(torch.tensor(pooled), dim=-1)
+    top = TopStudent(st, 1, dense=torch.nn.Linear(32, 32)).to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="dtype|type"):
+        top(x, m)  # what the GPU run would have hit: float32 inputs into bf16 weights
+    bx, bm, by = to_device((x, m, y), "cpu", torch.bfloat16)
+    assert bx.dtype == torch.bfloat16 and bm.dtype == torch.long and by.dtype == torch.float32
+    loss = MSELoss()(top(bx, bm).float(), by)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None and torch.isfinite(p.grad).all() for p in top.parameters())

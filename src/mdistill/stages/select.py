@@ -87,14 +87,16 @@ class Selection:
         rows = train_en.union(train_xx, ray.data.from_arrow(self.dev_rows()))
         return rows.map_batches(partial(add_keys, columns=("text", "en")), batch_format="pyarrow")
 
-    def teacher_texts(self) -> ray.data.Dataset:
-        """What the teacher embeds: every English source (the targets) and the dev translations
-        (the teacher-alone baseline)."""
-        dev = pa.table(
-            {"text": pc.unique(pa.concat_arrays([self.dev.column("en").combine_chunks(), self.dev.column("text").combine_chunks()]))}
-        )
-        train = self.train_english().map_batches(lambda b: pa.table({"text": b.column("en").cast(pa.string())}), batch_format="pyarrow")
-        return train.union(ray.data.from_arrow(dev.cast(pa.schema([("text", pa.string())]))))
+    def sentences(self) -> ray.data.Dataset:
+        """Every row's text, flagged ``teacher`` where the teacher must embed it: the English
+        sources (the targets) and the dev translations (the teacher-alone baseline). Deduplicated
+        (``cache_pass.Distinct``), it is what the teacher pass and every frozen pass embed."""
+
+        def flag(b: pa.Table) -> pa.Table:
+            teacher = pc.or_(pc.equal(b.column("lang"), "en"), pc.equal(b.column("split"), "dev"))
+            return pa.table({"text": b.column("text"), "teacher": teacher})
+
+        return self.rows().map_batches(flag, batch_format="pyarrow")
 
     def student_texts(self) -> ray.data.Dataset:
         return self.rows().select_columns(["text"])

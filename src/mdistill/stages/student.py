@@ -33,7 +33,7 @@ from mdistill.config import StudentConfig
 from mdistill.log import get_logger
 from mdistill.models.split import add_sums, gram_sums, lstsq_from_sums
 from mdistill.models.st_format import default_prompt_of, num_layers
-from mdistill.stages.cache_pass import join_partitions, pool_args
+from mdistill.stages.cache_pass import join_files, pool_args
 from mdistill.stages.select import Selection
 from mdistill.teacher.cache import EmbeddingCache, embedding_matrix, model_fingerprint
 from mdistill.teacher.predictor import BottomStatesPredictor
@@ -175,20 +175,11 @@ def prepare_training_set(data: Selection, teacher: EmbeddingCache, student: Stud
     fp, ident = _training_set_id(data, teacher, student)
     out = cache_dir / "training_sets" / fp
 
-    rows = data.rows()
     teacher_files = [str(p) for p in teacher.readable_shards()]
     student_files = [str(p) for p in student.cache.readable_shards()]
-    targets = (
-        ray.data.read_parquet(teacher_files).select_columns(["key", "embedding"]).rename_columns({"key": "en_key", "embedding": "target"})
-    )
-    outputs = ray.data.read_parquet(student_files).select_columns(["key", "pooled", *(["hidden", "length", "dim"] if states else [])])
-
-    def size(files: list[str]) -> int:
-        return sum(Path(p).stat().st_size for p in files)
-
-    # partitions sized by the bigger side of each join (the cache; the rows are small until states join them)
-    joined = rows.join(targets, join_type="inner", num_partitions=join_partitions(2 * size(teacher_files)), on=("en_key",))
-    joined = joined.join(outputs, join_type="inner", num_partitions=join_partitions(2 * size(student_files)), on=("key",))
+    outputs = ["pooled", *(["hidden", "length", "dim"] if states else [])]
+    joined = join_files(data.rows(), teacher_files, key="key", left_key="en_key", columns=["embedding"])  # teacher(en): the target
+    joined = join_files(joined.rename_columns({"embedding": "target"}), student_files, key="key", left_key="key", columns=outputs)
     tmp = out.with_name(f".{fp}.{uuid.uuid4().hex}.tmp")
     joined.write_parquet(str(tmp), partition_cols=["split"])
     train_rows, dev_rows = _count_rows(tmp / "split=train"), _count_rows(tmp / "split=dev")
@@ -247,6 +238,9 @@ class LinearMaps:
 
 def fit_linear_maps(ts: TrainingSet, cfg: StudentConfig, name: str) -> LinearMaps:
     train = ray.data.read_parquet(str(ts.train_dir)).select_columns(["pooled", "target"])
+    # blocks summed in file order: the same bits on every run, so a re-run's head is byte-identical
+    # and its training resumes (the resume stamp hashes the head)
+    train.context.execution_options.preserve_order = True
     total = None
     for block in train.map_batches(_sums_batch, batch_size=4096, batch_format="pyarrow").iter_batches(
         batch_size=None, batch_format="pyarrow"

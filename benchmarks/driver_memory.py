@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -94,6 +95,7 @@ def run_size(fraction: float, work: Path, teacher: Path, student: Path, steps: i
         raise RuntimeError(f"run at train_fraction {fraction} failed ({rc}); see {log.name}")
     report = json.loads((out / "report.json").read_text())
     d = report["data"]
+    states = report["students"]["student"]["states_cache"]
     sentences = d["student_rows"]
     return {
         "train_fraction": fraction,
@@ -103,8 +105,9 @@ def run_size(fraction: float, work: Path, teacher: Path, student: Path, steps: i
         "wall_s": round(time.time() - t0, 1),
         "wall_ms_per_sentence": round(1000 * (time.time() - t0) / sentences, 3),
         "stages_s": report["timings_s"],
+        "driver_peak_by_stage_mb": report["driver_peak_rss_mb"],  # peak so far, at the end of each stage
         "teacher_computed": report["teacher_cache"]["computed"],
-        "states_computed": report["students"]["student"]["states_cache"]["computed"],
+        "states_computed": states["computed"] if states else 0,  # None: the training set was reused
         "optimizer_steps": report["students"]["student"]["logs"]["history"][-1]["step"],
         **{k: round(v) for k, v in mem.items()},
     }
@@ -122,6 +125,7 @@ def main() -> None:
     rows = []
     for f in args.fractions:
         rows.append(run_size(f, args.work, teacher, student, args.steps))
+        shutil.rmtree(args.work / "cache" / "training_sets", ignore_errors=True)  # ~2x the states: keep the disk for the next size
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["driver_peak_mb"]
     result = {

@@ -112,13 +112,20 @@ def run(cfg: RunConfig) -> RunReport:
                 baselines += [] if model == "student" else [label]
         table = metrics_table(data.dev, vectors_by_model, teacher_vecs)
 
-    # 6. Export each student as a sentence-transformers directory, checked against our own vectors.
+    # 6. Export each student as a sentence-transformers directory, checked against our own vectors
+    #    (in a Ray task: building the model twice is the biggest allocation of the run).
     students = {}
     with timings.stage("export"):
+        extra = {"teacher": cfg.teacher.model, "teacher_fingerprint": teacher_pass.fingerprint, "langs": cfg.corpus.langs}
+        exports = {
+            name: ray.remote(export).remote(
+                p.student, trained[name], p.training_set, out / ("model" if single else f"models/{name}"), extra=extra
+            )
+            for name, p in prepared.items()
+        }
         for name, p in prepared.items():
             s, t = p.student, p.train
-            extra = {"teacher": cfg.teacher.model, "teacher_fingerprint": teacher_pass.fingerprint, "langs": cfg.corpus.langs}
-            check, params = export(s, trained[name], p.training_set, out / ("model" if single else f"models/{name}"), extra=extra)
+            check, params = ray.get(exports[name])
             students[name] = StudentReport(
                 model=s.path, built_from=s.steps, params=params, layers=s.layers, train_layers=s.config.train_layers,
                 projection=s.config.projection, strategy="ddp" if t.strategy == "ddp" else f"deepspeed-zero{t.zero_stage}",
@@ -131,6 +138,7 @@ def run(cfg: RunConfig) -> RunReport:
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         total_s=round(time.time() - t_start, 1),
         timings_s=dict(timings),
+        driver_peak_rss_mb=timings.peak_rss_mb,
         corpus=CorpusSummary.model_validate({k: v for k, v in corpus.manifest.items() if k != "files"}),  # per file: <corpus>/manifest.json
         corpus_dir=str(corpus.dir),
         corpus_reused=corpus.reused,

@@ -175,6 +175,7 @@ def tune_run(cfg: RunConfig) -> RunReport:
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         total_s=round(time.time() - t_start, 1),
         timings_s=dict(timings),
+        driver_peak_rss_mb=timings.peak_rss_mb,
         corpus=CorpusSummary.model_validate({k: v for k, v in corpus.manifest.items() if k != "files"}),
         corpus_dir=str(corpus.dir),
         corpus_reused=corpus.reused,

@@ -65,6 +65,8 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
         assert s.logs.history[-1].epoch == 2 and s.logs.dev  # dev metric recorded during training
     assert set(report.summary) >= {"teacher", "full", "pruned"}
     assert report.teacher_cache.computed == report.teacher_cache.distinct_texts > 0
+    assert list(report.driver_peak_rss_mb) == list(report.timings_s)  # every stage, in order
+    assert all(0 < mb < 4096 for mb in report.driver_peak_rss_mb.values())
 
     # each exported model loads with sentence-transformers, reproduces our vectors, has a card
     for name in ("full", "pruned"):

@@ -5,6 +5,7 @@ plots next to it (``metrics_by_language.png``, ``training.png``, ``tune_trials.p
 
 from __future__ import annotations
 
+import resource
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -20,7 +21,13 @@ __all__ = ["EvalReport", "ReportError", "RunReport", "Timings", "load_report", "
 
 
 class Timings(dict):
-    """Seconds per stage, in order, logged as each one starts and ends."""
+    """Seconds per stage, in order, logged as each one starts and ends; ``peak_rss_mb`` holds the
+    driver's peak resident memory at the end of each stage (the first stage that raises it is
+    where the driver holds something)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak_rss_mb: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -30,7 +37,8 @@ class Timings(dict):
             yield
         finally:
             self[name] = round(time.time() - t0, 2)
-            log.info("stage %s done in %.1fs", name, self[name])
+            self.peak_rss_mb[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+            log.info("stage %s done in %.1fs (driver peak RSS %.0f MB)", name, self[name], self.peak_rss_mb[name])
 
 
 def _plots(out_dir: Path, jobs: list[tuple[str, Callable[[Path], Path]]]) -> dict[str, Path]:

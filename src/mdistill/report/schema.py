@@ -170,6 +170,7 @@ class RunReport(_Model):
     finished: str
     total_s: float
     timings_s: dict[str, float]
+    driver_peak_rss_mb: dict[str, float] = {}  # the driver's peak RSS at the end of each stage
     corpus: CorpusSummary
     corpus_dir: str
     corpus_reused: bool

@@ -41,7 +41,7 @@ def student_dev_vectors(ts: TrainingSet, maps: LinearMaps, trained: Trained) -> 
     with torch.no_grad():
         linear = maps.linear_map(torch.from_numpy(pooled)).numpy()
     if trained.dev_vectors is None:
-        raise RuntimeError(f"the final checkpoint {trained.checkpoint} holds no dev vectors")
+        raise RuntimeError(f"the final checkpoint {trained.checkpoint.path} holds no dev vectors")
     by_key = dict(zip(trained.dev_vectors.column("key").to_pylist(), embedding_matrix(trained.dev_vectors.column("embedding"))))
     return {
         "untrained": dict(zip(texts, pooled / np.linalg.norm(pooled, axis=1, keepdims=True))),  # the model normalizes

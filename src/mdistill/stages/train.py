@@ -108,16 +108,20 @@ def fit_all(trainers: dict) -> dict[str, ray.train.Result]:
 
 @dataclass
 class Trained:
-    """A finished training run: its final weights, logs and dev vectors."""
+    """A finished training run: its logs and dev vectors; the weights stay in the checkpoint until
+    ``weights()`` (the export task reads them, so a full fine-tune's model never enters the driver)."""
 
-    weights: dict[str, torch.Tensor]
     logs: TrainLogs
     dev_vectors: pa.Table | None  # key, embedding: the trained student's vector of every dev row
-    checkpoint: str
+    checkpoint: ray.train.Checkpoint
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        with self.checkpoint.as_directory() as d:
+            return ckpt.read_weights(d)
 
 
 def load_trained(result: ray.train.Result) -> Trained:
     with result.checkpoint.as_directory() as d:
         state = ckpt.read_state(d)
         vectors = Path(d) / ckpt.DEV_VECTORS
-        return Trained(ckpt.read_weights(d), state.logs, pq.read_table(vectors) if vectors.exists() else None, result.checkpoint.path)
+        return Trained(state.logs, pq.read_table(vectors) if vectors.exists() else None, result.checkpoint)

@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timezone
 from typing import NamedTuple
 
+import pyarrow as pa
 import ray
 import torch
 from ray.data.expressions import col
@@ -53,7 +54,7 @@ def run(cfg: RunConfig) -> RunReport:
     # 1. Corpus (read, cleaned, deduplicated, split by hash of the English sentence) and the selection.
     with timings.stage("corpus"):
         corpus = build_corpus(cfg.corpus, cfg.cache_path)
-        data = select_data(corpus, cfg.corpus.langs, cfg.eval.max_dev_per_lang)
+        data = select_data(corpus, cfg.corpus.langs, cfg.eval.max_dev_per_lang, cfg.eval.max_heldout_per_lang)
 
     # 2. Teacher: every English source and dev translation, once, on an actor pool, into the cache.
     with timings.stage("teacher"):
@@ -99,10 +100,11 @@ def run(cfg: RunConfig) -> RunReport:
     with timings.stage("train"):
         results = train.fit_all(trainers)
 
-    # 5. Evaluate on the dev sample, per language: the teacher alone, and per student the
-    #    untrained model, the linear map and the trained student.
+    # 5. Evaluate on the dev sample (in-domain) and the held-out sample (out-of-domain), per
+    #    language: the teacher alone, and per student the untrained model, the linear map and the
+    #    trained student.
     with timings.stage("evaluate"):
-        teacher_vecs = teacher_dev_vectors(data.dev, teacher.cache)
+        teacher_vecs = teacher_dev_vectors(pa.concat_tables([data.dev, data.heldout]), teacher.cache)
         vectors_by_model, baselines, trained = {"teacher": teacher_vecs}, ["teacher"], {}
         for name, p in prepared.items():
             trained[name] = train.load_trained(results[name])
@@ -111,6 +113,7 @@ def run(cfg: RunConfig) -> RunReport:
                 vectors_by_model[label] = vecs
                 baselines += [] if model == "student" else [label]
         table = metrics_table(data.dev, vectors_by_model, teacher_vecs)
+        heldout_table = metrics_table(data.heldout, vectors_by_model, teacher_vecs) if data.heldout.num_rows else {}
 
     # 6. Export each student as a sentence-transformers directory, checked against our own vectors
     #    (in a Ray task: building the model twice is the biggest allocation of the run).
@@ -149,6 +152,9 @@ def run(cfg: RunConfig) -> RunReport:
         baselines=baselines,
         summary=summarize(table),
         beats_baselines={name: beats_baselines(table, name, own[name]) for name in students},
+        heldout_metrics=heldout_table,
+        heldout_summary=summarize(heldout_table) if heldout_table else {},
+        heldout_beats_baselines={name: beats_baselines(heldout_table, name, own[name]) for name in students} if heldout_table else {},
     )
     for name, s in students.items():
         write_model_card(s.export.path, model_card_info(report, name))

@@ -70,7 +70,7 @@ def tune_run(cfg: RunConfig) -> RunReport:
     # 1-2. Corpus, selection and teacher vectors, once for every trial.
     with timings.stage("corpus"):
         corpus = build_corpus(cfg.corpus, cfg.cache_path)
-        data = select_data(corpus, cfg.corpus.langs, cfg.eval.max_dev_per_lang)
+        data = select_data(corpus, cfg.corpus.langs, cfg.eval.max_dev_per_lang, cfg.eval.max_heldout_per_lang)
     with timings.stage("teacher"):
         sentences = cache_pass.Distinct(
             data.sentences(), data.counts.student_rows, flag="teacher"

@@ -102,6 +102,24 @@ def test_split_depends_on_english_only_and_is_stable():
     assert {"dev", "test", "train", "unused"} == set(splits)
 
 
+def test_heldout_sources_never_share_an_english_with_train():
+    """A held-out source's row is ``heldout`` unless its English hashes into train (then ``unused``):
+    whatever the other sources hold, no held-out English is a training English."""
+    ens = [f"Sentence number {i} about spreadsheets." for i in range(400)]
+    rows = [Row(e, f"Satz {i} über Tabellen.", "de", i + 1) for i, e in enumerate(ens)]
+    gettext = RowBatcher("gettext:git", "gettext/git/de.mo").table(rows)
+    help_ = RowBatcher("libreoffice", "libreoffice-help/text/scalc/a.xhp").table(rows)
+    kw = {**F, "dev_fraction": 0.1, "test_fraction": 0.1, "train_fraction": 0.5}
+    for patterns in (["gettext:*"], ["gettext/git/*"]):  # by source label or by file
+        held = clean_table(gettext, **kw, heldout_sources=patterns).column("split").to_pylist()
+        kept = clean_table(help_, **kw, heldout_sources=patterns).column("split").to_pylist()
+        assert set(held) == {"heldout", "unused"} and "heldout" not in kept
+        train_en = {e for e, s in zip(ens, kept) if s == "train"}
+        assert {e for e, s in zip(ens, held) if s == "heldout"}.isdisjoint(train_en)
+        assert [s == "unused" for s in held] == [s == "train" for s in kept]  # the same English hash decides
+    assert "heldout" not in clean_table(gettext, **kw, heldout_sources=["ddtp"]).column("split").to_pylist()
+
+
 def _write_help(root: Path, lang: str, body: str) -> None:
     p = root / lang / "text" / "swriter" / "a.html"
     p.parent.mkdir(parents=True, exist_ok=True)

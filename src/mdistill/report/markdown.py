@@ -71,14 +71,16 @@ def render_markdown(report: RunReport, pngs: dict[str, Path] | None = None) -> s
         md += [
             "## Students",
             "",
-            "| student | model | params | strategy | teacher-space top-1 | translation top-1 xx→en | MSE×100 | bitext F1 | samples/s | export |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| student | model | params | strategy | teacher-space top-1 (dev) | **out-of-domain** | translation top-1 xx→en | MSE×100 | bitext F1 "
+            "| samples/s | export |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, s in report.students.items():
             sm = report.summary.get(name) or Metrics()
+            ood = report.heldout_summary.get(name) or Metrics()
             sps = s.logs.history[-1].samples_per_s if s.logs.history else None
             md.append(
-                f"| **{name}** | {s.model} | {s.params / 1e6:.1f}M | {s.strategy} | {fmt(sm.teacher_space_top1)} | "
+                f"| **{name}** | {s.model} | {s.params / 1e6:.1f}M | {s.strategy} | {fmt(sm.teacher_space_top1)} | {fmt(ood.teacher_space_top1)} | "
                 f"{fmt(sm.translation_top1_xx2en)} | {fmt(sm.mse100)} | {fmt(sm.bitext_f1)} | {fmt(sps, '.0f')} | `{s.export.path}` |"
             )
         md.append("")
@@ -93,14 +95,37 @@ def render_markdown(report: RunReport, pngs: dict[str, Path] | None = None) -> s
             md += [f"Trained student beats every baseline (teacher-space top-1): {report.beats_baselines}", ""]
         if "metrics_by_language" in pngs:
             md += ["![teacher-space top-1 per language](metrics_by_language.png)", ""]
+    if report.heldout_metrics:
+        sources = ", ".join(f"`{p}`" for p in report.config.get("corpus", {}).get("heldout_sources", []))
+        md += [
+            "## Out of domain: held-out sources (never trained on)",
+            "",
+            f"Sources {sources}: rows whose English never occurs in training. Mean over languages:",
+            "",
+            summary_markdown(report.heldout_summary, models, list(report.students)),
+            "",
+            metrics_markdown(report.heldout_metrics, models),
+            "",
+            f"Trained student beats every baseline out of domain (teacher-space top-1): {report.heldout_beats_baselines}",
+            "",
+        ]
+        if "heldout_by_language" in pngs:
+            md += ["![out-of-domain teacher-space top-1 per language](heldout_by_language.png)", ""]
+    elif report.metrics:
+        md += ["No source is held out (`corpus.heldout_sources`): the numbers above are in-domain only.", ""]
 
     corpus, data = report.corpus, report.data
-    md += ["## Data", "", "| lang | rows in | kept | rejected | train pairs | dev pairs |", "|---|---|---|---|---|---|"]
+    md += [
+        "## Data",
+        "",
+        "| lang | rows in | kept | rejected | train pairs | dev pairs | held-out pairs |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for lang in sorted(set(corpus.languages) | set(data.train_pairs) | set(data.dev_pairs)):
         m = corpus.languages.get(lang)
         md.append(
             f"| {lang} | {fmt(m.rows_in if m else None)} | {fmt(m.kept if m else None)} | {fmt(sum(m.rejected.values()) if m else None)} | "
-            f"{data.train_pairs.get(lang, 0)} | {data.dev_pairs.get(lang, 0)} |"
+            f"{data.train_pairs.get(lang, 0)} | {data.dev_pairs.get(lang, 0)} | {data.heldout_pairs.get(lang, 0)} |"
         )
     md += ["", f"Distinct English training sentences: {data.train_english}; sentences the student learns from: {data.student_rows}."]
     if corpus.sources:

@@ -71,7 +71,8 @@ class CorpusSummary(Counts):
 class DataCounts(_Model):
     train_pairs: dict[str, int]  # per language
     train_english: int  # distinct English sources of the training pairs
-    dev_pairs: dict[str, int]
+    dev_pairs: dict[str, int]  # in-domain evaluation sample
+    heldout_pairs: dict[str, int] = {}  # out-of-domain sample (corpus.heldout_sources)
     student_rows: int  # sentences the student learns from: every English source once + every translation
 
 
@@ -88,6 +89,8 @@ class DevRecord(_Model):
     step: int
     pooled_teacher_space_top1: float
     pooled_mse100: float
+    heldout_pooled_teacher_space_top1: float | None = None  # the same on the out-of-domain rows, when held out
+    heldout_pooled_mse100: float | None = None
 
 
 class EpochRecord(_Model):
@@ -177,10 +180,19 @@ class RunReport(_Model):
     data: DataCounts
     teacher_cache: CachePass
     students: dict[str, StudentReport] = {}
-    metrics: MetricsTable = {}  # the dev split, per language
+    metrics: MetricsTable = {}  # the dev split (in-domain: the same files as training), per language
     baselines: list[str] = []  # the rows of `metrics` that are baselines
     summary: dict[str, Metrics] = {}  # mean over languages
     beats_baselines: dict[str, dict[str, bool]] = {}  # student -> lang -> beats every one of its baselines
+    # The held-out split (out-of-domain: corpus.heldout_sources, never trained on); empty when none is held out.
+    heldout_metrics: MetricsTable = {}
+    heldout_summary: dict[str, Metrics] = {}
+    heldout_beats_baselines: dict[str, dict[str, bool]] = {}
+
+    def headline(self) -> tuple[str, dict[str, Metrics]]:
+        """The split the headline numbers and the registry gate use: held-out when there is one."""
+        return ("heldout", self.heldout_summary) if self.heldout_summary else ("dev", self.summary)
+
     tune: TuneReport | None = None
 
     @property

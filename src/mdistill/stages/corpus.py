@@ -32,7 +32,7 @@ from mdistill.log import get_logger
 
 log = get_logger("corpus")
 
-CORPUS_FORMAT = 3  # bump when extraction or cleaning code changes what a corpus holds
+CORPUS_FORMAT = 4  # bump when extraction or cleaning code changes what a corpus holds
 CLEAN_SETTINGS = {
     "langs",
     "min_words",
@@ -43,6 +43,7 @@ CLEAN_SETTINGS = {
     "dev_fraction",
     "test_fraction",
     "train_fraction",
+    "heldout_sources",
 }
 
 

@@ -1,4 +1,5 @@
-"""Evaluation stage (no Ray): per language, the run's models on the dev sample, from vectors the
+"""Evaluation stage (no Ray): per language, the run's models on the dev sample (in-domain) and the
+held-out sample (out-of-domain: whole sources never trained on), from vectors the
 run already has (the teacher's cache, the frozen pass, the trainer's final dev vectors), through
 ``evaluation.table`` (the evaluator classes' ``compute``).
 
@@ -34,8 +35,9 @@ def teacher_dev_vectors(dev: pa.Table, teacher: EmbeddingCache) -> dict[str, np.
 
 
 def student_dev_vectors(ts: TrainingSet, maps: LinearMaps, trained: Trained) -> dict[str, dict[str, np.ndarray]]:
-    """``untrained``, ``linear_map`` and ``student``: text -> vector over the dev rows of the training set."""
-    dev = ts.dev_table(["key", "text", "pooled"])
+    """``untrained``, ``linear_map`` and ``student``: text -> vector over the dev and held-out rows
+    of the training set."""
+    dev = ts.eval_table(["key", "text", "pooled"])
     texts, keys = dev.column("text").to_pylist(), dev.column("key").to_pylist()
     pooled = np.array(embedding_matrix(dev.column("pooled")))  # writable: torch.from_numpy below
     with torch.no_grad():

@@ -3,7 +3,11 @@
 - train pairs: ``split == train``, one translation per (English, language) (``variant == 0``),
   the run's languages; kept as lazy Ray Datasets, so no process holds them all;
 - the dev sample: ``split == dev``, the first ``eval.max_dev_per_lang`` English sources (sorted)
-  per language, a table the size of that cap (the only rows the driver holds);
+  per language, a table the size of that cap (the only rows the driver holds): in-domain, the
+  same files as training;
+- the held-out sample: ``split == heldout`` (whole sources never trained on,
+  ``corpus.heldout_sources``), ``eval.max_heldout_per_lang`` English sources per language in hash
+  order: the out-of-domain numbers, the same sentences for every run over the same sources;
 - the student's rows (Reimers & Gurevych 2020): each English source once and each translation
   once, the target of both being the teacher's vector of the English source.
 """
@@ -24,7 +28,7 @@ from mdistill.report.schema import DataCounts
 from mdistill.stages.cache_pass import add_keys
 from mdistill.stages.corpus import Corpus
 
-SELECTION_VERSION = 1  # bump when what a selection holds changes
+SELECTION_VERSION = 2  # bump when what a selection holds changes
 ROW_COLUMNS = ["text", "lang", "en", "split"]
 
 
@@ -36,14 +40,45 @@ def _rows(batch: pa.Table, *, split: str, english: bool) -> pa.Table:
     return pa.table({"text": text, "lang": lang, "en": en, "split": pa.array([split] * batch.num_rows, pa.string())})
 
 
-def first_sources(t: pa.Table, n: int | None) -> pa.Table:
-    """Per language, the rows of the first ``n`` English sources (sorted); all rows when ``n`` is None."""
-    t = t.sort_by([("lang", "ascending"), ("en", "ascending"), ("text", "ascending")])
+def first_sources(t: pa.Table, n: int | None, by_hash: bool = False) -> pa.Table:
+    """Per language, the rows of the first ``n`` English sources (sorted by text, or by
+    ``text_key(en)`` with ``by_hash``: a sample that does not favour any prefix); all rows when
+    ``n`` is None."""
+    if by_hash and "en_key" not in t.column_names:
+        t = add_keys(t, columns=("en",))
+    order = [("lang", "ascending"), *([("en_key", "ascending")] if by_hash else []), ("en", "ascending"), ("text", "ascending")]
+    t = t.sort_by(order)
     if n is None or not t.num_rows:
         return t
     lang = t.column("lang").to_pylist()
-    keep = [i for i, lg in enumerate(lang) if i < n or lang[i - n] != lg]  # sorted: the n-th row back is another language
+    en = t.column("en").to_pylist()
+    keep, seen, current = [], 0, None
+    for i, (lg, e) in enumerate(zip(lang, en)):  # sorted: count distinct English per language
+        if lg != current:
+            current, seen, last = lg, 0, None
+        if e != last:
+            seen, last = seen + 1, e
+        if seen <= n:
+            keep.append(i)
     return t.take(pa.array(keep, pa.int64()))
+
+
+def _sample(corpus: Corpus, langs: tuple[str, ...], split: str, n: int | None, by_hash: bool) -> pa.Table:
+    """A streaming top-n: each block keeps its first n sources per language, the driver merges
+    blocks as they come (it never holds more than ~2n rows per language)."""
+    schema = pa.schema([("en", pa.string()), ("lang", pa.string()), ("text", pa.string())])
+    out = schema.empty_table()
+    firsts = read_pairs(corpus, langs, split).map_batches(
+        partial(first_sources, n=n, by_hash=by_hash), batch_format="pyarrow", batch_size=None
+    )
+    for block in firsts.iter_batches(batch_size=None, batch_format="pyarrow"):
+        out = first_sources(pa.concat_tables([out, block.select(["en", "lang", "text"]).cast(schema)]), n, by_hash)
+    return out.select(["en", "lang", "text"])
+
+
+def _per_lang(t: pa.Table) -> dict[str, int]:
+    vc = pc.value_counts(t.column("lang"))
+    return dict(sorted((v.as_py(), c.as_py()) for v, c in zip(vc.field("values"), vc.field("counts"))))
 
 
 def _count_langs(batch: pa.Table) -> pa.Table:
@@ -66,7 +101,8 @@ def read_english(corpus: Corpus, split: str) -> ray.data.Dataset:
 class Selection:
     corpus: Corpus
     langs: tuple[str, ...]
-    dev: pa.Table  # en, lang, text: the dev sample, sorted by (lang, en)
+    dev: pa.Table  # en, lang, text: the dev sample (in-domain), sorted by (lang, en)
+    heldout: pa.Table  # en, lang, text: the out-of-domain sample (``corpus.heldout_sources``); may be empty
     counts: DataCounts
     fingerprint: str
 
@@ -76,24 +112,29 @@ class Selection:
     def train_english(self) -> ray.data.Dataset:
         return read_english(self.corpus, "train")
 
-    def dev_rows(self) -> pa.Table:
-        english = pa.table({"en": pc.unique(self.dev.column("en"))})
-        return pa.concat_tables([_rows(english, split="dev", english=True), _rows(self.dev, split="dev", english=False)])
+    def eval_rows(self) -> pa.Table:
+        """The student rows of the dev and held-out samples: each English source once per sample."""
+        tables = []
+        for split, sample in (("dev", self.dev), ("heldout", self.heldout)):
+            english = pa.table({"en": pc.unique(sample.column("en"))})
+            tables += [_rows(english, split=split, english=True), _rows(sample, split=split, english=False)]
+        return pa.concat_tables(tables)
 
     def rows(self) -> ray.data.Dataset:
-        """Every sentence the student learns from, with ``key`` / ``en_key`` (hashes of text / en)."""
+        """Every sentence the student learns from or is evaluated on, with ``split`` (train, dev,
+        heldout) and ``key`` / ``en_key`` (hashes of text / en)."""
         train_en = self.train_english().map_batches(partial(_rows, split="train", english=True), batch_format="pyarrow")
         train_xx = self.train_pairs().map_batches(partial(_rows, split="train", english=False), batch_format="pyarrow")
-        rows = train_en.union(train_xx, ray.data.from_arrow(self.dev_rows()))
+        rows = train_en.union(train_xx, ray.data.from_arrow(self.eval_rows()))
         return rows.map_batches(partial(add_keys, columns=("text", "en")), batch_format="pyarrow")
 
     def sentences(self) -> ray.data.Dataset:
         """Every row's text, flagged ``teacher`` where the teacher must embed it: the English
-        sources (the targets) and the dev translations (the teacher-alone baseline). Deduplicated
+        sources (the targets) and the dev and held-out translations (the teacher-alone baseline). Deduplicated
         (``cache_pass.Distinct``), it is what the teacher pass and every frozen pass embed."""
 
         def flag(b: pa.Table) -> pa.Table:
-            teacher = pc.or_(pc.equal(b.column("lang"), "en"), pc.equal(b.column("split"), "dev"))
+            teacher = pc.or_(pc.equal(b.column("lang"), "en"), pc.not_equal(b.column("split"), "train"))
             return pa.table({"text": b.column("text"), "teacher": teacher})
 
         return self.rows().map_batches(flag, batch_format="pyarrow")
@@ -102,17 +143,12 @@ class Selection:
         return self.rows().select_columns(["text"])
 
 
-def select_data(corpus: Corpus, langs: list[str], max_dev_per_lang: int | None) -> Selection:
+def select_data(corpus: Corpus, langs: list[str], max_dev_per_lang: int | None, max_heldout_per_lang: int | None = 500) -> Selection:
     langs = tuple(langs)
-    # The dev sample as a streaming top-n: each block keeps its first n sources per language, the
-    # driver merges blocks as they come (it never holds more than ~2n rows per language).
+    dev = _sample(corpus, langs, "dev", max_dev_per_lang, by_hash=False)
     schema = pa.schema([("en", pa.string()), ("lang", pa.string()), ("text", pa.string())])
-    dev = schema.empty_table()
-    firsts = read_pairs(corpus, langs, "dev").map_batches(
-        partial(first_sources, n=max_dev_per_lang), batch_format="pyarrow", batch_size=None
-    )
-    for block in firsts.iter_batches(batch_size=None, batch_format="pyarrow"):
-        dev = first_sources(pa.concat_tables([dev, block.select(["en", "lang", "text"]).cast(schema)]), max_dev_per_lang)
+    has_heldout = corpus.manifest.get("kept_by_split", {}).get("heldout", 0) > 0  # no read when no source is held out
+    heldout = _sample(corpus, langs, "heldout", max_heldout_per_lang, by_hash=True) if has_heldout else schema.empty_table()
 
     train_pairs: dict[str, int] = {}
     for block in (
@@ -127,16 +163,22 @@ def select_data(corpus: Corpus, langs: list[str], max_dev_per_lang: int | None) 
         raise RuntimeError(
             f"no {'training' if not train_pairs else 'dev'} pairs after cleaning and splitting; see {corpus.dir / 'manifest.json'}"
         )
-    vc = pc.value_counts(dev.column("lang"))
-    dev_pairs = {v.as_py(): c.as_py() for v, c in zip(vc.field("values"), vc.field("counts"))}
-    dev_english = len(pc.unique(dev.column("en")))
+    sample_english = sum(len(pc.unique(t.column("en"))) for t in (dev, heldout))
     counts = DataCounts(
         train_pairs=dict(sorted(train_pairs.items())),
         train_english=train_english,
-        dev_pairs={k: dev_pairs[k] for k in sorted(dev_pairs)},
-        student_rows=train_english + sum(train_pairs.values()) + dev_english + dev.num_rows,
+        dev_pairs=_per_lang(dev),
+        heldout_pairs=_per_lang(heldout),
+        student_rows=train_english + sum(train_pairs.values()) + sample_english + dev.num_rows + heldout.num_rows,
     )
     key = json.dumps(
-        {"corpus": corpus.fingerprint, "langs": list(langs), "max_dev": max_dev_per_lang, "v": SELECTION_VERSION}, sort_keys=True
+        {
+            "corpus": corpus.fingerprint,
+            "langs": list(langs),
+            "max_dev": max_dev_per_lang,
+            "max_heldout": max_heldout_per_lang,
+            "v": SELECTION_VERSION,
+        },
+        sort_keys=True,
     )
-    return Selection(corpus, langs, dev, counts, hashlib.blake2b(key.encode(), digest_size=16).hexdigest())
+    return Selection(corpus, langs, dev, heldout, counts, hashlib.blake2b(key.encode(), digest_size=16).hexdigest())

@@ -9,7 +9,7 @@ into one training set, and fit the linear maps that start its head and serve as 
 - ``prepare_training_set``: the student's rows joined on Ray Data with the teacher's vector of
   their English source (``en_key``) and with their cached outputs (``key``), written once per
   content fingerprint as Parquet partitioned by split. Training streams ``split=train``; the
-  workers read ``split=dev``. No process holds the rows or the states.
+  workers read ``split=dev`` and ``split=heldout``. No process holds the rows or the states.
 - ``fit_linear_maps``: least squares from pooled outputs to teacher vectors, from sums computed
   block by block.
 """
@@ -39,7 +39,7 @@ from mdistill.teacher.cache import EmbeddingCache, embedding_matrix, model_finge
 from mdistill.teacher.predictor import BottomStatesPredictor
 
 log = get_logger("student")
-TRAINING_SET_VERSION = 1  # bump when the joined columns change
+TRAINING_SET_VERSION = 2  # bump when the joined columns change
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def build(name: str, cfg: StudentConfig, cache_dir: Path, data: Selection, *, ba
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """``dir/split=train/*.parquet``, ``dir/split=dev/*.parquet`` and ``dir/_SUCCESS.json``."""
+    """``dir/split={train,dev,heldout}/*.parquet`` and ``dir/_SUCCESS.json``."""
 
     dir: Path
     fingerprint: str
@@ -127,6 +127,7 @@ class TrainingSet:
     train_rows: int
     dev_rows: int
     states: bool  # hidden states (top-layer training) or text (full fine-tune)
+    heldout_rows: int = 0
 
     @property
     def train_dir(self) -> Path:
@@ -140,8 +141,17 @@ class TrainingSet:
         columns = ["hidden", "length", "dim", "target"] if self.states else ["text", "target"]
         return ray.data.read_parquet(str(self.train_dir)).select_columns(columns)
 
+    @property
+    def heldout_dir(self) -> Path:
+        return self.dir / "split=heldout"
+
     def dev_table(self, columns: list[str]) -> pa.Table:
         return pq.read_table(self.dev_dir, columns=columns)
+
+    def eval_table(self, columns: list[str]) -> pa.Table:
+        """The dev rows, then the held-out rows (``dev_table`` + ``split=heldout``)."""
+        parts = [self.dev_table(columns)] + ([pq.read_table(self.heldout_dir, columns=columns)] if self.heldout_rows else [])
+        return pa.concat_tables(parts)
 
 
 def _count_rows(folder: Path) -> int:
@@ -161,7 +171,9 @@ def find_training_set(data: Selection, teacher: EmbeddingCache, student: Student
         return None
     meta = json.loads(done.read_text())
     done.touch()  # last used: what `mdistill cache gc --unused-days` looks at
-    return TrainingSet(done.parent, fp, meta["rows"], meta["train_rows"], meta["dev_rows"], not student.full_finetune)
+    return TrainingSet(
+        done.parent, fp, meta["rows"], meta["train_rows"], meta["dev_rows"], not student.full_finetune, meta.get("heldout_rows", 0)
+    )
 
 
 def prepare_training_set(data: Selection, teacher: EmbeddingCache, student: Student, cache_dir: Path) -> TrainingSet:
@@ -182,21 +194,23 @@ def prepare_training_set(data: Selection, teacher: EmbeddingCache, student: Stud
     joined = join_files(joined.rename_columns({"embedding": "target"}), student_files, key="key", left_key="key", columns=outputs)
     tmp = out.with_name(f".{fp}.{uuid.uuid4().hex}.tmp")
     joined.write_parquet(str(tmp), partition_cols=["split"])
-    train_rows, dev_rows = _count_rows(tmp / "split=train"), _count_rows(tmp / "split=dev")
-    if train_rows + dev_rows != data.counts.student_rows:
+    train_rows, dev_rows, heldout_rows = (_count_rows(tmp / f"split={x}") for x in ("train", "dev", "heldout"))
+    rows = train_rows + dev_rows + heldout_rows
+    if rows != data.counts.student_rows:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(
-            f"training set: {train_rows + dev_rows} rows joined, {data.counts.student_rows} expected: a text lacks its teacher vector or "
+            f"training set: {rows} rows joined, {data.counts.student_rows} expected: a text lacks its teacher vector or "
             f"its frozen-pass output, or a cache holds a key twice (check with `mdistill cache verify`)"
         )
-    (tmp / "_SUCCESS.json").write_text(json.dumps({"rows": train_rows + dev_rows, "train_rows": train_rows, "dev_rows": dev_rows, **ident}))
+    counts = {"rows": rows, "train_rows": train_rows, "dev_rows": dev_rows, "heldout_rows": heldout_rows}
+    (tmp / "_SUCCESS.json").write_text(json.dumps({**counts, **ident}))
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp.rename(out)  # complete or absent
     except OSError:  # another run wrote the same set first
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("training set %s: %d train rows, %d dev rows", fp[:12], train_rows, dev_rows)
-    return TrainingSet(out, fp, train_rows + dev_rows, train_rows, dev_rows, states)
+    log.info("training set %s: %d train rows, %d dev rows, %d held-out rows", fp[:12], train_rows, dev_rows, heldout_rows)
+    return TrainingSet(out, fp, rows, train_rows, dev_rows, states, heldout_rows)
 
 
 def gc_training_sets(root: Path, *, unused_days: float | None = None, min_age_s: float = 3600, dry_run: bool = False) -> list[Path]:

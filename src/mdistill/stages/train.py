@@ -51,6 +51,7 @@ def loop_config(student: Student, ts: TrainingSet, train: TrainConfig, *, seed: 
         max_seq_length=student.config.max_seq_length,
         head_path=head_path,
         dev_dir=str(ts.dev_dir) if ts.dev_rows else None,
+        heldout_dir=str(ts.heldout_dir) if ts.heldout_rows else None,
         train_rows=ts.train_rows,
         threads=threads,
         seed=seed,

@@ -49,7 +49,8 @@ class LoopConfig(BaseModel):
     max_seq_length: int
     head_path: str | None  # safetensors of the Dense head to start from (None: no head)
     dev_dir: str | None  # Parquet rows of the dev split (every rank reads them: ZeRO-3 forwards are collective)
-    max_dev_rows: int = 2000  # rows of the dev metric during training (the final dev vectors cover every row)
+    heldout_dir: str | None = None  # Parquet rows of the out-of-domain split (corpus.heldout_sources)
+    max_dev_rows: int = 2000  # rows of each pooled metric during training (the final vectors cover every row)
     train_rows: int  # known to the driver; counting the dataset would read it all once more
     threads: int  # torch threads per worker (a submitted job inherits OMP_NUM_THREADS=1)
     seed: int
@@ -139,6 +140,8 @@ class DistillLoop:
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and not self.use_ds else nullcontext()
         dev = pq.read_table(cfg.dev_dir) if cfg.dev_dir else None
         self.dev = dev if dev is not None and dev.num_rows else None
+        heldout = pq.read_table(cfg.heldout_dir) if cfg.heldout_dir else None
+        self.heldout = heldout if heldout is not None and heldout.num_rows else None
 
     # -- resume ---------------------------------------------------------------------------------
 
@@ -229,9 +232,11 @@ class DistillLoop:
                 dm = self.dev_metrics()
                 self.logs.dev.append(
                     DevRecord(
-                        step=step, pooled_teacher_space_top1=dm["dev_pooled_teacher_space_top1"], pooled_mse100=dm["dev_pooled_mse100"]
+                        step=step, pooled_teacher_space_top1=dm["dev_pooled_teacher_space_top1"], pooled_mse100=dm["dev_pooled_mse100"],
+                        heldout_pooled_teacher_space_top1=dm.get("heldout_pooled_teacher_space_top1"),
+                        heldout_pooled_mse100=dm.get("heldout_pooled_mse100"),
                     )
-                )
+                )  # fmt: skip
                 metrics.update(dm)
             if epoch_end:
                 rec = EpochRecord(
@@ -258,8 +263,18 @@ class DistillLoop:
     def dev_metrics(self) -> dict[str, float]:
         from mdistill.training.step import pooled_dev_metrics
 
-        dev = self.dev.slice(0, self.cfg.max_dev_rows)
-        return pooled_dev_metrics(self.dev_vectors(dev), dev)
+        out = {}
+        for prefix, rows in (("dev", self.dev), ("heldout", self.heldout)):
+            if rows is not None:
+                rows = rows.slice(0, self.cfg.max_dev_rows)
+                out.update(pooled_dev_metrics(self.dev_vectors(rows), rows, prefix=prefix))
+        return out
+
+    def eval_rows(self):
+        """Every row the run evaluates on: dev, then held-out."""
+        import pyarrow as pa
+
+        return pa.concat_tables([t for t in (self.dev, self.heldout) if t is not None])
 
     # -- save and report ------------------------------------------------------------------------
 
@@ -271,7 +286,8 @@ class DistillLoop:
         from mdistill.teacher.cache import embeddings_table
 
         weights = self._full_state()  # ZeRO-3: a collective gather, every rank takes part
-        dev_vectors = self.dev_vectors(self.dev) if final and self.dev is not None else None  # collective under ZeRO-3 too
+        rows = self.eval_rows() if final and self.dev is not None else None
+        dev_vectors = self.dev_vectors(rows) if rows is not None else None  # collective under ZeRO-3 too
         with tempfile.TemporaryDirectory() as d:
             if self.use_ds:
                 self.model.save_checkpoint(d, tag=ckpt.DS_TAG)
@@ -281,7 +297,7 @@ class DistillLoop:
                 if not self.use_ds:
                     ckpt.write_optimizer(d, self.optimizer, self.scheduler)
                 if dev_vectors is not None:
-                    pq.write_table(embeddings_table(self.dev.column("key").to_pylist(), dev_vectors), os.path.join(d, ckpt.DEV_VECTORS))
+                    pq.write_table(embeddings_table(rows.column("key").to_pylist(), dev_vectors), os.path.join(d, ckpt.DEV_VECTORS))
             if self.world > 1:
                 torch.distributed.barrier()
             has_files = self.use_ds or self.rank == 0

@@ -174,8 +174,9 @@ def embed_rows(
     return vecs if vecs is not None else np.zeros((0, 0), np.float32)
 
 
-def pooled_dev_metrics(vectors: np.ndarray, dev: pa.Table) -> dict[str, float]:
-    """The dev metric during training (what Tune ranks on): every language's dev rows pooled.
+def pooled_dev_metrics(vectors: np.ndarray, dev: pa.Table, prefix: str = "dev") -> dict[str, float]:
+    """The dev metric during training (what Tune ranks on): every language's dev rows pooled
+    (``prefix="heldout"``: the same on the out-of-domain rows, ``heldout_pooled_*``).
 
     ``dev_pooled_teacher_space_top1``: is each translation's nearest teacher vector, among *all*
     dev English sources (one index for every language), its own source's? ``dev_pooled_mse100``:
@@ -193,4 +194,4 @@ def pooled_dev_metrics(vectors: np.ndarray, dev: pa.Table) -> dict[str, float]:
     answer = {e: j for j, e in enumerate(first)}
     q = [i for i, lg in enumerate(lang) if lg != "en"]
     top1 = TeacherSpaceEvaluator.compute(vectors[q], index, answers=[answer[en[i]] for i in q])["teacher_space_top1"] if q else float("nan")
-    return {"dev_pooled_teacher_space_top1": top1, "dev_pooled_mse100": MSEEvaluator.compute(vectors, targets)["mse100"]}
+    return {f"{prefix}_pooled_teacher_space_top1": top1, f"{prefix}_pooled_mse100": MSEEvaluator.compute(vectors, targets)["mse100"]}

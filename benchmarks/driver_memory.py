@@ -70,6 +70,7 @@ def run_size(fraction: float, work: Path, teacher: Path, student: Path, steps: i
     out = work / "runs" / f"f{fraction}"
     overrides = [
         "corpus.sources=[{format: debian, parts: [libreoffice, gettext, ddtp]}]",
+        "corpus.heldout_sources=[]",  # every pair trains
         f"corpus.train_fraction={fraction}",
         f"cache_dir={work / 'cache'}",
         f"output_dir={out}",

@@ -2,7 +2,9 @@
 writes a run directory as a distillation does: the exported student (a copy of a tiny
 sentence-transformers model) and a valid report.json whose summary metric the test chooses.
 
-    python tests/fake_distill.py MODEL_DIR RUN_DIR METRIC [NAME]
+    python tests/fake_distill.py MODEL_DIR RUN_DIR METRIC [NAME [STUDENT,STUDENT,...]]
+
+Several students are exported as a run exports them: ``models/<student>``.
 """
 
 import shutil
@@ -14,7 +16,10 @@ from report_fixtures import run_report
 
 model, run_dir, metric = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 name = sys.argv[4] if len(sys.argv) > 4 else "tiny"
+students = sys.argv[5].split(",") if len(sys.argv) > 5 else ["student"]
 run_dir.mkdir(parents=True, exist_ok=True)
-shutil.copytree(model, run_dir / "model", dirs_exist_ok=True)
-(run_dir / "report.json").write_text(run_report(name, {"student": (str(run_dir / "model"), metric)}).model_dump_json())
+exports = {s: run_dir / "model" if len(students) == 1 else run_dir / "models" / s for s in students}
+for out in exports.values():
+    shutil.copytree(model, out, dirs_exist_ok=True)
+(run_dir / "report.json").write_text(run_report(name, {s: (str(out), metric) for s, out in exports.items()}).model_dump_json())
 print(f"[mdistill] fake run: {run_dir} teacher_space_top1={metric}")

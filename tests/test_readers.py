@@ -1,6 +1,7 @@
 """Every reader on the bad-input fixture corpus: each row of a file comes out once, kept or with
 its reason; unreadable files are errors naming the file and position. No Ray here."""
 
+import re
 from collections import Counter
 
 import pytest
@@ -141,3 +142,142 @@ def test_hf_reads_a_local_data_file_through_load_dataset(tmp_path):
         ("Open the file in the editor.", "Ouvrez le fichier.", None),
         (None, None, "missing_field"),
     ]
+
+
+GOOD_JSON = '{"en": "Open the file in the editor.", "text": "Öffnen Sie die Datei im Editor.", "lang": "de"}'
+
+
+def test_deeply_nested_json_line_is_quarantined_as_invalid_json_at_its_line(tmp_path):
+    p = tmp_path / "deep.jsonl"
+    deep = '{"en": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    p.write_text(f"{GOOD_JSON}\n{deep}\n{GOOD_JSON}\n")
+    (u,) = plan_units(SourceConfig(format="jsonl", paths=[str(p)]))
+    rows = [r for t in read_unit(u) for r in t.to_pylist()]  # the unit is read to its end
+    assert len(rows) == 3  # rows in = kept + rejected
+    assert [(r["position"], r["reason"]) for r in rows] == [(1, None), (2, "invalid_json"), (3, None)]
+    assert rows[1]["raw"].startswith('{"en": [[[')
+
+
+def test_deeply_nested_tmx_markup_is_read_without_recursion_error(tmp_path):
+    p = tmp_path / "deep.tmx"
+    nested = "<hi>" * 5000 + "deep" + "</hi>" * 5000
+    p.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<tmx version="1.4"><body>\n'
+        f'<tu><tuv xml:lang="en"><seg>Open {nested} file.</seg></tuv><tuv xml:lang="de"><seg>Öffnen.</seg></tuv></tu>\n'
+        "</body></tmx>\n",
+        encoding="utf-8",
+    )
+    assert [(r.en, r.text) for r in rows_of(SourceConfig(format="tmx", paths=[str(p)]))] == [("Open deep file.", "Öffnen.")]
+
+
+@pytest.mark.parametrize(
+    "fmt,columns,key",
+    [
+        ("tsv", {"en": 0, "text": 5}, "columns.text = 5: past the last column"),
+        ("tsv", {"en": 0, "text": -1}, "columns.text = -1: a column is a 0-based index >= 0"),
+        ("csv", {"en": "en", "text": 7}, "columns.text = 7: past the last column"),
+        ("csv", {"en": -2, "text": "text"}, "columns.en = -2"),
+    ],
+)
+def test_column_index_past_the_end_or_negative_is_an_error_naming_file_and_key(tmp_path, fmt, columns, key):
+    p = tmp_path / f"pairs.{fmt}"
+    sep = "\t" if fmt == "tsv" else ","
+    p.write_text(
+        f"en{sep}text\nOpen the file now{sep}Öffne die Datei jetzt\n" if fmt == "csv" else f"Open the file now{sep}Öffne die Datei\n"
+    )
+    with pytest.raises(ValueError, match=rf"pairs\.{fmt}: {re.escape(key)}"):
+        rows_of(SourceConfig(format=fmt, paths=[str(p)], lang="de", columns=columns))
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "jsonl"])
+def test_unknown_encoding_is_an_error_naming_file_and_key(tmp_path, fmt):
+    p = tmp_path / f"pairs.{fmt}"
+    p.write_text(
+        {"jsonl": GOOD_JSON + "\n", "csv": "en,text\nOpen the file now,Öffne die Datei\n"}.get(fmt, "Open the file now\tÖffne die Datei\n")
+    )
+    src = SourceConfig(format=fmt, paths=[str(p)], lang="de", encoding="latin-9000")
+    with pytest.raises(ValueError, match=rf"pairs\.{fmt}: encoding 'latin-9000' \(the source's encoding key\) is not a known text codec"):
+        plan_units(src)
+    # a unit planned elsewhere fails at reading the same way, as an error naming the file
+    good = plan_units(src.model_copy(update={"encoding": "utf-8"}))[0]
+    bad = {**good, "args": {**good["args"], "encoding": "latin-9000"}}
+    with pytest.raises(CorpusReadError, match=rf"pairs\.{fmt}: .*encoding 'latin-9000'"):
+        list(read_unit(bad))
+
+
+def test_utf16_for_a_line_based_format_is_an_error_naming_file_and_key(tmp_path):
+    p = tmp_path / "wide.tsv"
+    p.write_text("Open the file now\tÖffne die Datei\n", encoding="utf-16")
+    with pytest.raises(ValueError, match=r"wide\.tsv: encoding 'utf-16' .* not ASCII-compatible"):
+        plan_units(SourceConfig(format="tsv", paths=[str(p)], lang="de", encoding="utf-16"))
+
+
+def test_utf8_bom_before_a_header_or_first_line_is_dropped(tmp_path):
+    bom = "\ufeff"
+    tsv = tmp_path / "bom.tsv"
+    tsv.write_text(f"{bom}en\ttext\nOpen the file now\tÖffne die Datei\n", encoding="utf-8")
+    rows = rows_of(SourceConfig(format="tsv", paths=[str(tsv)], lang="de", header=True))
+    assert [(r.en, r.text, r.position, r.reason) for r in rows] == [("Open the file now", "Öffne die Datei", 2, None)]
+    csv_ = tmp_path / "bom.csv"
+    csv_.write_text(f"{bom}en,text,lang\nOpen the file now,Öffne die Datei,de\n", encoding="utf-8")
+    assert [(r.en, r.lang) for r in rows_of(SourceConfig(format="csv", paths=[str(csv_)]))] == [("Open the file now", "de")]
+    no_header = tmp_path / "bom_noheader.tsv"
+    no_header.write_text(f"{bom}Open the file now\tÖffne die Datei\n", encoding="utf-8")
+    assert [r.en for r in rows_of(SourceConfig(format="tsv", paths=[str(no_header)], lang="de"))] == ["Open the file now"]
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_text(f"{bom}{GOOD_JSON}\n", encoding="utf-8")
+    assert [r.reason for r in rows_of(SourceConfig(format="jsonl", paths=[str(jsonl)]))] == [None]
+
+
+def _compress(kind: str, data: bytes) -> bytes:
+    import bz2
+    import gzip
+    import lzma
+
+    if kind == "zstd":  # no zstd module in the stdlib here: its magic number and a frame's worth of bytes
+        return b"\x28\xb5\x2f\xfd" + bytes(range(256))
+    return {"gzip": gzip.compress, "xz": lzma.compress, "bzip2": bz2.compress}[kind](data)
+
+
+@pytest.mark.parametrize("kind", ["gzip", "xz", "bzip2", "zstd"])
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "jsonl", "tmx", "po", "parquet"])
+def test_compressed_file_is_an_error_saying_it_is_compressed(tmp_path, fmt, kind):
+    p = tmp_path / f"pairs.{fmt}.gz"
+    p.write_bytes(_compress(kind, "en,text,lang\nOpen the file now,Öffne die Datei,de\n".encode() * 50))
+    with pytest.raises(CorpusReadError, match=rf"pairs\.{fmt}\.gz: the file is {kind}-compressed; .* decompress it first"):
+        rows_of(SourceConfig(format=fmt, paths=[str(p)], lang="de"))
+
+
+def test_text_that_starts_like_a_magic_number_is_not_taken_for_compressed(tmp_path):
+    p = tmp_path / "bzh.tsv"
+    p.write_text("BZh9 is a made-up word\tBZh9 ist ein erfundenes Wort\n")
+    assert len(rows_of(SourceConfig(format="tsv", paths=[str(p)], lang="de"))) == 1
+
+
+def test_a_folder_source_says_which_compressed_files_it_does_not_read(tmp_path, capsys):
+    (tmp_path / "a.tsv").write_text("Open the file now\tÖffne die Datei\n")
+    (tmp_path / "b.tsv.gz").write_bytes(_compress("gzip", b"Close the file\tSchliesse die Datei\n"))
+    assert len(rows_of(SourceConfig(format="tsv", paths=[str(tmp_path)], lang="de"))) == 1
+    out = capsys.readouterr().out
+    assert "1 compressed file(s)" in out and "b.tsv.gz" in out, out
+
+
+PO_HEADER = 'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset={}\\n"\n"Language: de\\n"\n\n'
+
+
+def test_po_declared_latin1_but_written_in_utf8_is_read_as_utf8_with_a_warning(tmp_path, capsys):
+    p = tmp_path / "mislabelled.po"
+    p.write_bytes(
+        (PO_HEADER.format("ISO-8859-1") + 'msgid "Delete the file now."\nmsgstr "Löschen Sie die Datei jetzt."\n').encode("utf-8")
+    )
+    rows = rows_of(SourceConfig(format="po", paths=[str(p)]))
+    assert [r.text for r in rows] == ["Löschen Sie die Datei jetzt."]  # not "LÃ¶schen"
+    out = capsys.readouterr().out
+    assert "mislabelled.po" in out and "ISO-8859-1" in out and "UTF-8" in out, out
+    # a catalog really in latin-1 keeps its charset
+    real = tmp_path / "latin1.po"
+    real.write_bytes(
+        (PO_HEADER.format("ISO-8859-1") + 'msgid "Delete the file now."\nmsgstr "Löschen Sie die Datei jetzt."\n').encode("latin-1")
+    )
+    assert [r.text for r in rows_of(SourceConfig(format="po", paths=[str(real)]))] == ["Löschen Sie die Datei jetzt."]
+    assert "latin1.po" not in capsys.readouterr().out

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mdistill.config import RegistryConfig, load_config
-from mdistill.registry import ModelRegistry, register_run
+from mdistill.registry import ModelRegistry, register_run, register_run_students
 
 from report_fixtures import KEY, run_report
 
@@ -320,3 +320,27 @@ def test_models_cli_errors_are_one_line_naming_the_file_exit_2(tmp_path):
     assert code == 2 and f"{run / 'report.json'}: not a valid RunReport" in out
     code, out = err("models", "register", str(run), "--name", "../up", f"registry.root={root}")
     assert code == 2 and "--name '../up' is not a valid name" in out
+
+
+def test_register_run_students_registers_every_student_once_under_name_dash_student(tmp_path):
+    run = tmp_path / "runs" / "demo"
+    run.mkdir(parents=True)
+    report = run_report("demo", {"small": (str(_model(tmp_path, "s")), 0.9), "big": (str(_model(tmp_path, "b")), 0.95)})
+    (run / "report.json").write_text(report.model_dump_json())
+    cfg = load_config(None, [f"registry.root={tmp_path / 'models'}"]).registry
+    results, errors = register_run_students(run, cfg)
+    assert errors == {} and {s: (r["name"], r["version"], r["candidate"]) for s, r in results.items()} == {
+        "small": ("demo-small", "v0001", 0.9),
+        "big": ("demo-big", "v0001", 0.95),
+    }
+    # a caller that died before recording these results asks again: found, not registered twice
+    again, errors = register_run_students(run, cfg)
+    assert errors == {} and {s: r["version"] for s, r in again.items()} == {"small": "v0001", "big": "v0001"}
+    assert "already registered" in again["big"]["reason"]
+    reg = ModelRegistry(cfg.root)
+    assert [v["version"] for v in reg.versions("demo-small")] == ["v0001"] and [v["version"] for v in reg.versions("demo-big")] == ["v0001"]
+    # a lone student keeps the plain name
+    solo = tmp_path / "runs" / "solo"
+    solo.mkdir()
+    (solo / "report.json").write_text(run_report("solo", {"only": (str(_model(tmp_path, "o")), 0.8)}).model_dump_json())
+    assert register_run_students(solo, cfg)[0]["only"]["name"] == "solo"

@@ -73,12 +73,15 @@ class Env:
         self.clock = FakeClock()
         self.metric = 0.5
         self.fail_next = 0  # this many submissions run a command that exits 3
+        self.students: list[str] = ["student"]  # the students the fake run trains
 
     def entrypoint(self, run_id: str, run_dir: Path) -> str:
         if self.fail_next > 0:
             self.fail_next -= 1
             return f"echo 'simulated failure of {run_id}'; exit 3"
-        return shlex.join([sys.executable, str(FAKE_RUN), str(self.student), str(run_dir), str(self.metric), "tiny"])
+        return shlex.join(
+            [sys.executable, str(FAKE_RUN), str(self.student), str(run_dir), str(self.metric), "tiny", ",".join(self.students)]
+        )
 
     def backend(self) -> LocalProcessBackend:
         return LocalProcessBackend(self.tmp / "state" / "jobs", cwd=REPO)
@@ -245,7 +248,7 @@ def test_worse_student_is_registered_but_not_promoted(env):
     env.clock.t += HOUR
     assert s.run_once(force=True)["final"]["outcome"] == "promoted"
     assert reg.latest("tiny")["version"] == "v0003"
-    assert s.state()["runs"][1]["registry"]["promoted"] is False
+    assert s.state()["runs"][1]["registry"]["student"]["promoted"] is False  # per student of the run
 
 
 def test_missed_ticks_run_once_on_restart(env):
@@ -311,3 +314,124 @@ def test_a_name_that_escapes_is_rejected_before_any_state_or_job(tmp_path, monke
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2 and "name '../../escape' is not a valid name" in r.output, r.output
     assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent.parent / "escape").exists()
+
+
+def finish_job(s: Scheduler) -> dict:
+    """Tick (no new runs) until the current run's job has ended (registered or not)."""
+    for _ in range(400):
+        run = s.state()["runs"][-1]
+        if run["status"] not in ("intent", "submitted"):
+            return run
+        s.clock.sleep(s.schedule.poll_s)
+        s.tick(new_runs=False)
+    raise AssertionError(f"job did not finish: {run}")
+
+
+def test_a_run_that_succeeds_but_cannot_be_registered_is_retried_each_tick_until_it_registers(env):
+    blocked = env.tmp / "models"
+    blocked.write_text("not a folder: the registry cannot be written")  # e.g. its volume is not mounted
+    s = env.scheduler()
+    assert s.tick()["action"] == "submitted"
+    run = finish_job(s)
+    assert run["status"] == "register_pending" and run["outcome"] == "register_error" and run["job_status"] == "SUCCEEDED"
+    assert "models" in run["error"] and run["register_attempts"] == 1
+    env.clock.t += HOUR
+    assert s.tick()["action"] == "unchanged"  # its job is not run again...
+    run = s.state()["runs"][-1]
+    assert run["status"] == "register_pending" and run["register_attempts"] == 2  # ...but registering is tried again
+    blocked.unlink()  # the registry is back
+    s.tick()
+    run = s.state()["runs"][-1]
+    assert run["status"] == "done" and run["outcome"] == "promoted" and run["error"] is None and run["register_attempts"] == 3
+    assert ModelRegistry(blocked).latest("tiny")["version"] == "v0001" and len(env.jobs()) == 1
+    s.tick()
+    assert [v["version"] for v in ModelRegistry(blocked).versions("tiny")] == ["v0001"]  # registered once
+
+
+def test_once_exits_nonzero_while_a_succeeded_run_is_not_registered(env, monkeypatch):
+    from typer.testing import CliRunner
+
+    import mdistill.pipelines.schedule as recipe
+    from mdistill.cli import app
+
+    (env.tmp / "models").write_text("blocked")
+    sched = env.scheduler()
+    monkeypatch.setattr(recipe, "Scheduler", lambda *a, **k: sched)  # the CLI's scheduler: this test's clock and jobs
+    r = CliRunner().invoke(app, ["schedule", str(REPO / "configs" / "tiny.yaml"), "schedule.interval_s=3600", "--once"])
+    assert r.exit_code == 1 and '"status": "register_pending"' in r.output, r.output
+
+
+def test_every_student_of_a_run_is_registered_under_name_dash_student(env):
+    env.students = ["small", "big"]
+    s = env.scheduler()
+    final = s.run_once()["final"]
+    assert final["status"] == "done" and final["outcome"] == "promoted"
+    reg = ModelRegistry(env.tmp / "models")
+    assert reg.names() == ["tiny-big", "tiny-small"]
+    run = s.state()["runs"][-1]
+    assert {k: (r["name"], r["version"]) for k, r in run["registry"].items()} == {
+        "small": ("tiny-small", "v0001"),
+        "big": ("tiny-big", "v0001"),
+    }
+    assert reg.latest("tiny-big")["info"]["student"] == "big"
+
+
+def test_a_student_that_fails_to_register_is_retried_without_registering_the_others_again(env):
+    env.students = ["small", "big"]
+    s = env.scheduler()
+    s.tick()
+    run = s.state()["runs"][-1]
+    while not (env.tmp / "state" / "jobs" / run["submission_id"] / "rc").exists():
+        time.sleep(0.05)  # the job has ended: break one student's export before the scheduler looks
+    modules = Path(run["output_dir"]) / "models" / "big" / "modules.json"
+    saved = modules.read_bytes()
+    modules.unlink()
+    run = finish_job(s)
+    assert run["status"] == "register_pending" and list(run["registry"]) == ["small"]
+    assert run["error"].startswith("big: RegistryError") and "modules.json" in run["error"]
+    modules.write_bytes(saved)
+    s.tick()
+    run = s.state()["runs"][-1]
+    assert run["status"] == "done" and sorted(run["registry"]) == ["big", "small"]
+    reg = ModelRegistry(env.tmp / "models")
+    assert [v["version"] for v in reg.versions("tiny-small")] == ["v0001"] and [v["version"] for v in reg.versions("tiny-big")] == ["v0001"]
+
+
+class StopClock(FakeClock):
+    """Fails a test that would otherwise loop for ever: the scheduler's loop may sleep once."""
+
+    def sleep(self, seconds: float) -> None:
+        raise AssertionError("the scheduler kept ticking on a corrupt state file")
+
+
+@pytest.mark.parametrize("content", [b'{"last_fire": 1767225600.0, "runs": [{"run_id": "tiny-0001', b"[]", b"\xff\xfe garbage"])
+def test_corrupt_state_json_is_backed_up_and_stops_the_scheduler_with_an_error_naming_it(env, content):
+    from mdistill.scheduler import StateError
+
+    state = env.tmp / "state" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(content)
+    s = env.scheduler()
+    with pytest.raises(StateError, match=rf"{state}: .*copied to {state}\.corrupt-"):
+        s.tick()
+    (backup,) = state.parent.glob("state.json.corrupt-*")
+    assert backup.read_bytes() == content and state.read_bytes() == content  # not started over
+    assert env.jobs() == []
+    env.clock = StopClock()
+    with pytest.raises(StateError):
+        env.scheduler().run_forever()  # stops, does not retry every poll_s
+    assert len(list(state.parent.glob("state.json.corrupt-*"))) == 1  # one copy, however often it is tried
+
+
+def test_schedule_command_reports_a_corrupt_state_in_one_line(env, tmp_path):
+    from typer.testing import CliRunner
+
+    from mdistill.cli import app
+
+    state = tmp_path / "st" / "state.json"
+    state.parent.mkdir()
+    state.write_text("{ not json")
+    args = ["schedule", str(REPO / "configs" / "tiny.yaml"), "schedule.interval_s=3600", f"schedule.state_dir={state.parent}", "--once"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and f"error: {state}: corrupt JSON at line 1 column 3" in r.output, r.output
+    assert "Traceback" not in r.output

@@ -132,3 +132,138 @@ def test_cache_cli_rejects_a_missing_cache_dir_and_negative_unused_days(tmp_path
     (tmp_path / "teacher").mkdir()
     out = usage_error("gc", "--cache-dir", str(tmp_path), "--unused-days", "-5")
     assert "Invalid value for '--unused-days': -5 days: must be >= 0" in out, out  # would remove caches in use
+
+
+def _damage_column(shard, column: str, n: int = 16, seed: int = 0) -> None:
+    """Overwrite ``n`` bytes in the middle of ``column``'s pages (not a header of the file, not its footer)."""
+    import pyarrow.parquet as pq
+
+    md = pq.ParquetFile(shard).metadata.row_group(0)
+    chunk = next(md.column(i) for i in range(md.num_columns) if md.column(i).path_in_schema.split(".")[0] == column)
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    mid = start + chunk.total_compressed_size // 2
+    raw = bytearray(shard.read_bytes())
+    raw[mid : mid + n] = np.random.default_rng(seed).bytes(n)
+    shard.write_bytes(bytes(raw))
+
+
+def _verify_cli(root) -> str:
+    from typer.testing import CliRunner
+
+    from mdistill.cli import app
+
+    r = CliRunner().invoke(app, ["cache", "verify", "--cache-dir", str(root)])
+    return r.output + f"[exit {r.exit_code}]"
+
+
+def test_verify_detects_bytes_damaged_in_the_middle_of_the_data_pages(tmp_path):
+    import pyarrow.parquet as pq
+
+    from mdistill.teacher.cache import verify_cache
+
+    c = EmbeddingCache(tmp_path / "teacher", "fp")
+    v = np.random.default_rng(0).normal(size=(970, 64)).astype(np.float32)
+    keys = [text_key(str(i)) for i in range(970)]
+    shard = c.write(keys, v)
+    good = c.write([text_key("other")], np.ones((1, 64), np.float32))
+    _damage_column(shard, "embedding")
+    # the premise: without checksums these bytes read back as silently changed vectors
+    silent = pq.read_table(shard, page_checksum_verification=False)
+    assert (np.asarray(silent.column("embedding").combine_chunks().flatten()).reshape(970, 64) != v).any()
+
+    r = verify_cache(c.dir)
+    assert r["bad_shards"] == [str(shard)] and "checksum" in r["problems"][str(shard)].lower(), r
+    out = _verify_cli(tmp_path)
+    assert "1 bad shard(s)" in out and str(shard) in out and "[exit 1]" in out, out
+    assert verify_cache(c.dir, fix=True)["moved"] == [str(c.dir / "corrupt" / shard.name)]
+    assert c.shards() == [good] and verify_cache(c.dir)["bad_shards"] == []
+
+
+def test_lookup_never_returns_vectors_from_a_shard_that_fails_its_checksum(tmp_path):
+    c = EmbeddingCache(tmp_path, "fp")
+    v = np.random.default_rng(1).normal(size=(500, 32)).astype(np.float32)
+    texts = [f"text {i}" for i in range(500)]
+    shard = c.write([text_key(t) for t in texts], v)
+    _damage_column(shard, "embedding")
+    with pytest.raises(KeyError, match="no vector"):
+        c.lookup(texts)  # recomputed, never served changed
+    assert c.corrupt == [shard]
+
+
+def test_readable_shards_sets_aside_damaged_keys_and_another_vector_size(tmp_path):
+    c = EmbeddingCache(tmp_path, "fp")
+    texts = [f"text {i}" for i in range(2000)]
+    damaged = c.write([text_key(t) for t in texts], np.zeros((2000, 8), np.float32))
+    _damage_column(damaged, "key")
+    good = c.write([text_key("a"), text_key("b")], np.ones((2, 8), np.float32))
+    wrong_dim = c.write([text_key("c")], np.ones((1, 4), np.float32))
+    assert c.readable_shards() == [good]
+    assert sorted(c.corrupt) == sorted([damaged, wrong_dim])
+    assert sorted(p.name for p in (c.dir / "corrupt").iterdir()) == sorted([damaged.name, wrong_dim.name])
+
+
+def test_verify_reports_a_valid_shard_holding_nan_vectors(tmp_path):
+    from mdistill.teacher.cache import verify_cache
+
+    c = EmbeddingCache(tmp_path / "teacher", "fp")
+    c.write([text_key("a")], np.ones((1, 8), np.float32))
+    v = np.ones((5, 8), np.float32)
+    v[3, 2] = np.nan
+    v[4, 0] = np.inf
+    bad = c.write([text_key(t) for t in "bcdef"], v, dtype="float16")
+    r = verify_cache(c.dir)
+    assert r["bad_shards"] == [str(bad)] and r["problems"][str(bad)] == "embedding: 2 of 5 vector(s) not finite (NaN/inf), first at row 3"
+    assert "not finite" in _verify_cli(tmp_path)
+
+
+def test_verify_reports_a_shard_whose_vector_size_differs_from_the_others_and_meta_dim(tmp_path):
+    from mdistill.teacher.cache import verify_cache
+
+    c = EmbeddingCache(tmp_path, "fp")
+    a = c.write([text_key(t) for t in "ab"], np.ones((2, 8), np.float32))
+    b = c.write([text_key("c")], np.ones((1, 8), np.float32))
+    odd = c.write([text_key("d")], np.ones((1, 4), np.float32))
+    r = verify_cache(c.dir)
+    assert r["bad_shards"] == [str(odd)]
+    assert r["problems"][str(odd)] == "embedding has 4 values per vector, the cache 8 (most rows)"
+    c.write_meta(dim=4)  # what the model produces, recorded: the 8-wide shards are the wrong ones
+    r = verify_cache(c.dir)
+    assert r["bad_shards"] == sorted([str(a), str(b)]) and "(meta.json dim)" in r["problems"][str(a)]
+
+
+def test_verify_reports_frozen_pass_states_with_wrong_size_or_nan(tmp_path):
+    import pyarrow as pa
+
+    from mdistill.teacher.cache import embeddings_table, verify_cache
+
+    c = EmbeddingCache(tmp_path, "fp")
+
+    def states(key: str, hidden: np.ndarray, length: int) -> pa.Table:
+        t = embeddings_table([key], np.ones((1, 4), np.float32)).rename_columns(["key", "pooled"])
+        t = t.append_column("hidden", pa.array([hidden.astype(np.float16).tobytes()], pa.binary()))
+        return t.append_column("length", pa.array([length], pa.int32())).append_column("dim", pa.array([4], pa.int32()))
+
+    c.write_table(states("a", np.ones((3, 4)), 3))
+    short = c.write_table(states("b", np.ones((2, 4)), 3))
+    nan = c.write_table(states("c", np.full((3, 4), np.nan), 3))
+    r = verify_cache(c.dir)
+    assert r["bad_shards"] == sorted([str(short), str(nan)]), r
+    assert "not length x dim" in r["problems"][str(short)] and "non-finite" in r["problems"][str(nan)]
+
+
+def test_shards_written_without_checksums_still_read_and_verify(tmp_path):
+    """Caches from before page checksums: pyarrow checks only pages that carry one."""
+    import pyarrow.parquet as pq
+
+    from mdistill.teacher.cache import embeddings_table, verify_cache
+
+    c = EmbeddingCache(tmp_path, "fp")
+    c.dir.mkdir(parents=True)
+    v = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    old = c.dir / "old.parquet"
+    pq.write_table(embeddings_table([text_key(t) for t in "abc"], v), old)  # what the old write_table wrote
+    assert pq.read_table(old, page_checksum_verification=True).num_rows == 3
+    new = c.write([text_key("d")], np.ones((1, 8), np.float32))
+    assert c.readable_shards() == sorted([old, new]) and c.corrupt == []
+    np.testing.assert_array_equal(c.lookup(["c", "a", "d"]), np.vstack([v[[2, 0]], np.ones((1, 8), np.float32)]))
+    assert verify_cache(c.dir)["bad_shards"] == []

@@ -194,7 +194,8 @@ def cache_verify_cmd(
     cache_dir: Path | None = _CACHE_DIR,
     fix: bool = typer.Option(False, help="move bad shards to corrupt/ so their texts are recomputed"),
 ) -> None:
-    """Read every shard in full; report unreadable shards and duplicate rows. Exit 1 if any shard is bad and not fixed."""
+    """Read every shard in full (page checksums, finite vectors, one vector size per column); report bad shards
+    (with why) and duplicate rows. Exit 1 if any shard is bad and not fixed."""
     from mdistill.teacher.cache import cache_dirs, verify_cache
 
     root, bad = _cache_root(cache_dir), 0
@@ -205,7 +206,7 @@ def cache_verify_cmd(
             status = "ok" if not r["bad_shards"] else f"{len(r['bad_shards'])} bad shard(s)" + (", moved to corrupt/" if r["moved"] else "")
             typer.echo(f"{kind:15s} {r['fingerprint'][:12]}  shards {r['shards']:5d}  duplicate rows {r['duplicate_rows']:6d}  {status}")
             for p in r["bad_shards"]:
-                typer.echo(f"    bad: {p}")
+                typer.echo(f"    bad: {p}: {r['problems'][p]}")
     raise typer.Exit(1 if bad else 0)
 
 
@@ -305,18 +306,24 @@ def schedule(
     state_dir: Path | None = typer.Option(None, help="scheduler state (default: schedule.state_dir)"),
 ) -> None:
     """Periodic re-distillation: when the corpus, teacher or settings changed, submit a run,
-    then register its student with the registry's gate (promoted only if it is better)."""
+    then register its students with the registry's gate (each promoted only if it is better)."""
     cfg = _config(config, overrides)
     if cfg.schedule is None:
         typer.echo("error: the config has no schedule: section (schedule.cron or schedule.interval_s)", err=True)
         raise typer.Exit(2)
     from mdistill.pipelines.schedule import schedule as schedule_recipe
+    from mdistill.scheduler import StateError
 
-    result = schedule_recipe(cfg, config, list(overrides or []), once=once, force=force, state_dir=state_dir, log=typer.echo)
+    try:
+        result = schedule_recipe(cfg, config, list(overrides or []), once=once, force=force, state_dir=state_dir, log=typer.echo)
+    except StateError as e:  # one line naming the file and its copy, no traceback
+        _fail(str(e))
     if once:
         typer.echo(json.dumps(result))
         final = result.get("final") or {}
-        raise typer.Exit(1 if final.get("status") == "failed" and result["action"] != "unchanged" else 0)
+        # register_pending: the job succeeded but its model is not in the registry yet (retried next tick)
+        failed = final.get("status") == "failed" and result["action"] != "unchanged"
+        raise typer.Exit(1 if failed or final.get("status") == "register_pending" else 0)
 
 
 @app.command("eval")

@@ -4,7 +4,8 @@
 1. a run in flight? reconcile it with the job backend (Ray Jobs API or a local subprocess):
    an "intent" whose job the backend does not know is submitted now, under the id recorded
    before the crash (so never twice); a finished job is registered with the model registry's
-   gate (SUCCEEDED) or recorded and retried with backoff (FAILED);
+   gate (SUCCEEDED: every student of its report) or recorded and retried with backoff (FAILED);
+   a succeeded run not registered yet (registry unreachable, ...) is retried on every tick;
 2. a failed run with retries left and its backoff over? submit the next attempt;
 3. a schedule time due (cron or interval; any number of missed times count as one) or forced?
 4. fingerprint the corpus inputs, the teacher and the run settings; unchanged since the last
@@ -13,7 +14,8 @@
    The teacher cache makes the new run pay only for new sentences.
 
 State (``<state_dir>/state.json``) is written before and after every submission, so a restart
-never submits twice and never drops a due tick. Time and the backend are injectable (tests).
+never submits twice and never drops a due tick; a state file that does not parse stops the
+scheduler (``StateError``), never a silent fresh start. Time and the backend are injectable (tests).
 """
 
 from __future__ import annotations
@@ -24,10 +26,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mdistill.config import RunConfig
-from mdistill.scheduler import Clock, JobBackend, LocalProcessBackend, RayJobsBackend, StateStore, SystemClock, due_fire, next_fire, utc
+from mdistill.scheduler import (
+    Clock,
+    JobBackend,
+    LocalProcessBackend,
+    RayJobsBackend,
+    StateError,
+    StateStore,
+    SystemClock,
+    due_fire,
+    next_fire,
+    utc,
+)
 
 IN_FLIGHT = ("intent", "submitted")
 FINAL = ("done", "failed")
+# The job SUCCEEDED but not every student is in the registry yet: retried each tick. It does not
+# hold back the schedule, and its fingerprints are the baseline (its job need not run again).
+REGISTER_PENDING = "register_pending"
+FINISHED = (*FINAL, REGISTER_PENDING)
 MAX_TICK_LOG = 200
 
 
@@ -99,6 +116,7 @@ class Scheduler:
         with self.store.lock():
             state = self.store.load()
             now = self.clock.now()
+            self.register_pending(state, now)
             run = state["runs"][-1] if state["runs"] else None
 
             # 1. a run in flight: bring its record up to date; never start another meanwhile
@@ -125,7 +143,7 @@ class Scheduler:
 
             # 4. anything changed since the last finished run?
             fps = self.fingerprint(self.cfg)
-            last = next((r for r in reversed(state["runs"]) if r["status"] in FINAL), None)
+            last = next((r for r in reversed(state["runs"]) if r["status"] in FINISHED), None)
             changed = sorted(k for k in fps if last is None or last["fingerprints"].get(k) != fps[k])
             if fire is not None:
                 state["last_fire"] = fire  # saved together with the run's intent below, or alone
@@ -199,7 +217,7 @@ class Scheduler:
         run["attempts"].append({"submission_id": sid, "status": status, "submitted_at": run["submitted_at"], "finished_at": now})
         run["job_status"], run["finished_at"] = status, now
         if status == "SUCCEEDED":
-            self._register(run)
+            self._register(run, now)
         elif status == "FAILED" and run["attempt"] <= self.schedule.max_retries:
             run["status"] = "retry_wait"
             run["retry_at"] = now + self.schedule.retry_backoff_s * 2 ** (run["attempt"] - 1)
@@ -209,20 +227,43 @@ class Scheduler:
             self.log(f"{sid} {status}; run {run['run_id']} failed after {run['attempt']} attempt(s)")
         self.store.save(state)
 
-    def _register(self, run: dict) -> None:
-        """The run's report -> the registry: the student is promoted only if it passes the gate."""
-        from mdistill.registry import register_run
+    def register_pending(self, state: dict, now: float) -> None:
+        """Try again to register every run whose job succeeded but whose students are not all in
+        the registry (oldest first); saved whatever the outcome, so the error of each try is kept."""
+        pending = [r for r in state["runs"] if r["status"] == REGISTER_PENDING]
+        for run in pending:
+            self._register(run, now)
+        if pending:
+            self.store.save(state)
 
-        run["status"] = "done"
+    def _register(self, run: dict, now: float) -> None:
+        """The run's report -> the registry, every student (``<name>-<student>`` when several):
+        each promoted only if it passes its gate. Until all are registered the run stays
+        ``register_pending`` with the error, and the next tick tries the missing ones again."""
+        from mdistill.registry import register_run_students
+
+        run["status"] = REGISTER_PENDING
+        run["register_attempts"] = run.get("register_attempts", 0) + 1
+        done = run.get("registry") or {}
         try:
-            result = register_run(run["output_dir"], self.cfg.registry)
-        except Exception as e:  # a run without a usable report is recorded, not retried
-            run.update(outcome="register_error", error=f"{type(e).__name__}: {e}")
-            self.log(f"run {run['run_id']} succeeded but could not be registered: {e}")
+            results, errors = register_run_students(run["output_dir"], self.cfg.registry, done)
+        except Exception as e:  # no usable report (yet): the whole run waits for the next tick
+            results, errors = done, {"report": f"{type(e).__name__}: {e}"}
+        run["registry"] = results  # student -> the registry's answer
+        if errors:
+            run.update(outcome="register_error", error="; ".join(f"{k}: {v}" for k, v in errors.items()), register_failed_at=now)
+            self.log(
+                f"run {run['run_id']} succeeded but could not be registered (try {run['register_attempts']}, "
+                f"retried next tick): {run['error']}"
+            )
             return
-        run["registry"] = result
-        run["outcome"] = "promoted" if result.get("promoted") else "not_promoted"
-        self.log(f"run {run['run_id']}: {result.get('name')} v{result.get('version')} {run['outcome']} ({result.get('reason')})")
+        promoted = [r.get("promoted") for r in results.values()]
+        outcome = "promoted" if all(promoted) else "not_promoted" if not any(promoted) else "partly_promoted"
+        run.update(status="done", outcome=outcome, error=None)
+        for r in results.values():
+            self.log(
+                f"run {run['run_id']}: {r.get('name')} {r.get('version')} {'promoted' if r.get('promoted') else 'not promoted'} ({r.get('reason')})"
+            )
 
     @staticmethod
     def _log_tick(state: dict, now: float, fire: float | None, what: str) -> None:
@@ -249,10 +290,13 @@ class Scheduler:
             self.tick(new_runs=False)
 
     def run_forever(self) -> None:
-        """Tick every ``poll_s``; an error (cluster unreachable, ...) is logged and retried next tick."""
+        """Tick every ``poll_s``; an error (cluster unreachable, ...) is logged and retried next tick,
+        but not a corrupt state file: no later tick could read it either (``StateError`` stops)."""
         while True:
             try:
                 self.tick()
+            except StateError:
+                raise
             except Exception as e:
                 self.log(f"tick failed: {type(e).__name__}: {e}")
             self.clock.sleep(self.schedule.poll_s)

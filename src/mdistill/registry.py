@@ -357,3 +357,57 @@ def register_run(run_dir: str | Path, cfg: RegistryConfig, name: str | None = No
     return ModelRegistry(cfg.root).register(
         reg_name, model_dir, summary.model_dump(), key_metric=cfg.key_metric, tolerance=cfg.tolerance, mode=cfg.mode, info=info
     )
+
+
+def student_registry_names(base: str, students: list[str]) -> dict[str, str]:
+    """Registry name per student of a run: ``base`` for a lone student, ``<base>-<student>`` for
+    several (each has its own versions and gate: two students are not two versions of one model)."""
+    return {s: base if len(students) == 1 else f"{base}-{s}" for s in students}
+
+
+def _registered_from(reg: ModelRegistry, name: str, run_dir: Path, student: str, finished: str) -> dict | None:
+    """The version that this run (folder + finish time) already registered for ``student``, as
+    ``register`` returns it: a scheduler that died before recording a result does not add it twice."""
+    for e in reversed(reg.versions(name)):
+        info = e.get("info") or {}
+        if (info.get("run_dir"), info.get("student"), info.get("finished")) == (str(run_dir.resolve()), student, finished):
+            gate_ = e.get("gate") or {}
+            return dict(
+                name=name,
+                version=e["version"],
+                promoted=bool(e.get("promoted")),
+                reason=f"already registered from this run ({gate_.get('reason')})",
+                candidate=gate_.get("candidate"),
+                current=gate_.get("current"),
+                path=str(reg._dir(name) / e["version"]),
+            )
+    return None
+
+
+def register_run_students(
+    run_dir: str | Path, cfg: RegistryConfig, done: dict[str, dict] | None = None
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """Register every student of a finished run (``register_run`` each, under
+    ``student_registry_names(cfg.name or the run's name)``). ``done``: students an earlier call
+    registered (kept as they are). A student this run already registered (found in the registry's
+    entries) is not registered again. Returns ``(results, errors)`` by student: one student that
+    fails (its export missing, ...) does not keep the others out. An unreadable report raises."""
+    from mdistill.report.schema import load_report
+
+    run_dir = Path(run_dir)
+    report = load_report(run_dir)
+    if not report.students:
+        raise KeyError(f"{run_dir / 'report.json'} lists no trained student")
+    names = student_registry_names(cfg.name or report.name or run_dir.name, list(report.students))
+    results, errors = dict(done or {}), {}
+    for student, name in names.items():
+        if student in results:
+            continue
+        try:
+            reg = ModelRegistry(cfg.root)
+            results[student] = _registered_from(reg, name, run_dir, student, report.finished) or register_run(
+                run_dir, cfg.model_copy(update={"name": name}), student
+            )
+        except Exception as e:  # any failure is this student's, recorded by the caller and retried
+            errors[student] = f"{type(e).__name__}: {e}"
+    return results, errors

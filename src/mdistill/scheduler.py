@@ -4,7 +4,8 @@
 - job backends with one interface: ``RayJobsBackend`` (a cluster's Jobs API) and
   ``LocalProcessBackend`` (the same entrypoint as a local subprocess, no cluster needed);
 - ``StateStore``: the scheduler's state as JSON, replaced atomically, so a restart sees exactly
-  what was decided and submitted;
+  what was decided and submitted; a file that does not parse is copied aside and stops the
+  scheduler (``StateError``): starting over could submit a run again and forget the one in flight;
 - ``due_fire``: which schedule time is due (at most one, however many were missed).
 
 Nothing here imports Ray at module level.
@@ -192,6 +193,22 @@ class LocalProcessBackend:
 # -- state ---------------------------------------------------------------------------------------
 
 
+class StateError(RuntimeError):
+    """``state.json`` exists but is not a scheduler state: the message names it and its backup copy."""
+
+
+def _state_problem(state: object) -> str | None:
+    """What makes parsed JSON unusable as the scheduler's state, or None."""
+    if not isinstance(state, dict):
+        return f"not a scheduler state: a JSON {type(state).__name__}, not an object"
+    if not isinstance(state.get("runs"), list) or "last_fire" not in state:
+        return "not a scheduler state: no runs list or last_fire"
+    for i, run in enumerate(state["runs"]):
+        if not isinstance(run, dict) or not {"run_id", "status"} <= run.keys():
+            return f"not a scheduler state: runs[{i}] is not a run (run_id, status)"
+    return None
+
+
 class StateStore:
     """``<state_dir>/state.json``: {"last_fire", "runs": [...]}; every write is temp file + fsync +
     os.replace, so a crash leaves the old or the new state, never half of one. ``lock()`` keeps two
@@ -202,9 +219,36 @@ class StateStore:
         self.path = self.dir / "state.json"
 
     def load(self) -> dict:
+        """The state; none yet: a fresh one. A file that is not a scheduler state raises
+        ``StateError`` after copying it to ``state.json.corrupt-<UTC time>`` (the file itself stays,
+        so every later start stops too until someone fixes, restores or deletes it)."""
         if not self.path.exists():
             return {"version": 1, "last_fire": None, "runs": []}
-        return json.loads(self.path.read_text())
+        raw = self.path.read_bytes()
+        try:
+            state = json.loads(raw.decode("utf-8"))  # save() writes ASCII JSON
+            problem = _state_problem(state)
+        except UnicodeDecodeError as e:
+            problem = f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+        except json.JSONDecodeError as e:
+            problem = f"corrupt JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        if problem is None:
+            return state
+        backup = self._backup(raw)
+        raise StateError(
+            f"{self.path}: {problem}; copied to {backup}. The scheduler stops rather than start over, which could "
+            f"submit a run again and forget the one in flight: repair {self.path.name} (or restore it from a backup) "
+            f"and start again, or delete it to start over deliberately"
+        )
+
+    def _backup(self, raw: bytes) -> Path:
+        """A copy of the unreadable state, once per distinct content (a CronJob retrying hourly adds no copies)."""
+        for old in sorted(self.dir.glob(f"{self.path.name}.corrupt-*")):
+            if old.read_bytes() == raw:
+                return old
+        backup = self.dir / f"{self.path.name}.corrupt-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S.%fZ')}"
+        backup.write_bytes(raw)  # the bytes that failed, even if the file changes meanwhile
+        return backup
 
     def save(self, state: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

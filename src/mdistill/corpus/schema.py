@@ -46,7 +46,7 @@ READ_REASONS = {
     "empty_line": "blank line in a line-based file",
     "invalid_utf8": "bytes that are not valid UTF-8 (or the file's declared charset)",
     "wrong_column_count": "a delimited line with more or fewer fields than the file's header/first line",
-    "invalid_json": "a JSONL line that does not parse",
+    "invalid_json": "a JSONL line that does not parse (a syntax error, or nested too deep to parse)",
     "wrong_type": "a field that is not a string (number, list, object, ...)",
     "missing_field": "a required field (en/text/lang) is absent or null",
     "unterminated_quote": "a CSV record whose quote never closes before end of file (each line it swallowed)",

@@ -161,22 +161,30 @@ def plan(cache: EmbeddingCache, texts: Callable[[], ray.data.Dataset], selection
     return Todo(cache, selection, needed.count(), needed, todo if todo.count() else None, t0)
 
 
+def _write_shard(batch: pa.Table, root: str, fingerprint: str) -> pa.Table:
+    """A Ray Data task: one batch of outputs as one cache shard (temporary name, then rename: a
+    killed pass leaves whole shards only). Returns just the row count, so the outputs never pass
+    through the driver."""
+    EmbeddingCache(root, fingerprint).write_table(batch)
+    return pa.table({"rows": pa.array([batch.num_rows], pa.int64())})
+
+
 def commit(todo: Todo, outputs: ray.data.Dataset | None, *, commit_rows: int = 4096) -> CachePass:
-    """Write ``outputs`` (``key`` + model outputs) to the cache as shards of about ``commit_rows``,
-    then record that the cache covers the selection."""
+    """Write ``outputs`` (``key`` + model outputs) to the cache as shards of about ``commit_rows``
+    (by Ray Data tasks, as the outputs come), then record that the cache covers the selection."""
     cache = todo.cache
-    pending: list[pa.Table] = []
-    n_pending = computed = 0
-    for batch in outputs.iter_batches(batch_size=None, batch_format="pyarrow") if outputs is not None else ():
-        pending.append(batch)
-        n_pending += batch.num_rows
-        if n_pending >= commit_rows:
-            cache.write_table(pa.concat_tables(pending))
-            computed += n_pending
-            pending, n_pending = [], 0
-    if pending:
-        cache.write_table(pa.concat_tables(pending))
-        computed += n_pending
+    computed = 0
+    if outputs is not None:
+        written = outputs.map_batches(
+            _write_shard,
+            fn_kwargs={"root": str(cache.dir.parent), "fingerprint": cache.fingerprint},
+            batch_size=commit_rows,
+            batch_format="pyarrow",
+            num_cpus=0.25,  # I/O: must not wait for the CPUs the actor pool holds
+        )
+        cache.dir.mkdir(parents=True, exist_ok=True)
+        for b in written.iter_batches(batch_size=None, batch_format="pyarrow"):
+            computed += int(pc.sum(b.column("rows")).as_py() or 0)
     if todo.selection is not None and todo.needed is not None:
         f = _covers_file(cache, todo.selection)
         f.parent.mkdir(exist_ok=True)

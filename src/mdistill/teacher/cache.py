@@ -5,6 +5,11 @@ and the outputs (``embedding`` for the teacher). A shard is written under a temp
 so a reader never sees a partial shard; files that are not complete shards are ignored, and a
 shard that fails to read is reported and its keys are recomputed. Another teacher's vectors are
 never read: they live under another fingerprint.
+
+Shards carry Parquet page checksums (CRC32), checked on every read here: bytes damaged on disk
+fail the read instead of coming back as changed or NaN vectors. Shards written before checksums
+still read (pyarrow checks only pages that carry one); ``verify_cache`` also checks the content
+(finite vectors, one vector size per column across shards), which catches those too.
 """
 
 from __future__ import annotations
@@ -74,19 +79,28 @@ class EmbeddingCache:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def readable_shards(self) -> list[Path]:
-        """Shards whose footer reads and that have a ``key`` column; the others are moved to
-        ``corrupt/`` (their texts are then missing and get recomputed)."""
-        good = []
+        """Shards whose footer reads, that have a ``key`` column whose pages pass their checksums,
+        and whose vector columns have the size the others (or meta.json's ``dim``) have; the others
+        are moved to ``corrupt/`` (their texts are then missing and get recomputed). Reads only the
+        footers and the key columns: the vectors are checked where they are read, or by ``verify_cache``."""
+        good: dict[Path, tuple[dict[str, int], int]] = {}
         for shard in self.shards():
             try:
-                if "key" not in pq.read_schema(shard).names:
-                    raise ValueError("no key column")
-                good.append(shard)
-            except Exception as e:  # truncated or garbled footer: report, set aside, recompute
+                with pq.ParquetFile(shard, page_checksum_verification=True) as f:
+                    if "key" not in f.schema_arrow.names:
+                        raise ValueError("no key column")
+                    f.read(columns=["key"])  # a few bytes per row: verifies the key pages' checksums
+                    good[shard] = (vector_columns(f.schema_arrow), f.metadata.num_rows)
+            except Exception as e:  # truncated or garbled file: report, set aside, recompute
                 log.warning("cache %s: unreadable shard %s (%s); its texts will be recomputed", self.fingerprint, shard.name, e)
                 self.corrupt.append(shard)
+        for shard, why in odd_vector_sizes(good, self.meta().get("dim")).items():
+            # a join over shards of two vector sizes fails (or mixes spaces): set the odd ones aside
+            log.warning("cache %s: shard %s: %s; its texts will be recomputed", self.fingerprint, shard.name, why)
+            self.corrupt.append(shard)
+            del good[shard]
         self.quarantine_corrupt()
-        return good
+        return list(good)
 
     def write_meta(self, **meta) -> None:
         """What produced these vectors (model, settings), and when the cache was last used."""
@@ -120,15 +134,15 @@ class EmbeddingCache:
         """Add a finished table (``key`` + outputs) as one shard: temporary name, then rename."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{uuid.uuid4().hex}.parquet.tmp"
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, write_page_checksum=True)  # damaged bytes then fail the read, not change vectors
         dst = self.dir / tmp.name[1:].removesuffix(".tmp")
         os.replace(tmp, dst)
         return dst
 
     def _read(self, shard: Path, columns: list[str]) -> pa.Table | None:
         try:
-            return pq.read_table(shard, columns=columns)
-        except Exception as e:  # truncated or garbled file: report, skip, recompute its keys
+            return pq.read_table(shard, columns=columns, page_checksum_verification=True)
+        except Exception as e:  # truncated or garbled file, or a page checksum mismatch: report, skip, recompute its keys
             log.warning("teacher cache: unreadable shard %s (%s); its keys will be recomputed", shard, e)
             self.corrupt.append(shard)
             return None
@@ -239,25 +253,104 @@ def cache_stats(d: Path) -> dict:
     }
 
 
+def vector_columns(schema: pa.Schema) -> dict[str, int]:
+    """The fixed-size-list float columns of a shard (``embedding``, ``pooled``, ``logits``, ...) -> their list size."""
+    return {f.name: f.type.list_size for f in schema if pa.types.is_fixed_size_list(f.type) and pa.types.is_floating(f.type.value_type)}
+
+
+def odd_vector_sizes(shards: dict[Path, tuple[dict[str, int], int]], meta_dim: object = None) -> dict[Path, str]:
+    """``shards``: path -> (vector column -> list size, rows). One fingerprint has one vector size
+    per column: the one meta.json records as ``dim`` (an int for every vector column, or a dict per
+    column), else the size most rows have. Returns the shards with another size, and why."""
+    want: dict[str, tuple[int, str]] = {}  # column -> (size, where it comes from)
+    sizes: dict[str, dict[int, int]] = {}
+    for dims, rows in shards.values():
+        for col, size in dims.items():
+            sizes.setdefault(col, {}).setdefault(size, 0)
+            sizes[col][size] += rows
+    for col, by_size in sizes.items():
+        recorded = meta_dim.get(col) if isinstance(meta_dim, dict) else meta_dim
+        if isinstance(recorded, int) and not isinstance(recorded, bool):
+            want[col] = (recorded, "meta.json dim")
+        else:  # most rows win; a tie goes to the smaller size (any choice: the others are recomputed)
+            want[col] = (max(sorted(by_size), key=lambda size: by_size[size]), "most rows")
+    odd = {}
+    for shard, (dims, _) in shards.items():
+        wrong = [
+            f"{col} has {size} values per vector, the cache {want[col][0]} ({want[col][1]})"
+            for col, size in dims.items()
+            if size != want[col][0]
+        ]
+        if wrong:
+            odd[shard] = "; ".join(wrong)
+    return odd
+
+
+def _finite_problem(table: pa.Table) -> str | None:
+    """What is wrong with the values of a fully read shard: a null or non-finite vector (NaN, inf)
+    in a vector column, or frozen-pass states (``hidden`` float16 bytes) whose size does not match
+    ``length`` x ``dim`` or that hold a non-finite value. None when the content is sound."""
+    for col in vector_columns(table.schema):
+        arr = table.column(col).combine_chunks()
+        if arr.null_count:
+            return f"{col}: {arr.null_count} null vector(s)"
+        values = np.asarray(arr.flatten().to_numpy(zero_copy_only=False))
+        if values.size and not np.isfinite(values).all():
+            rows = (~np.isfinite(values.reshape(len(arr), -1))).any(axis=1)
+            return f"{col}: {int(rows.sum())} of {len(arr)} vector(s) not finite (NaN/inf), first at row {int(np.argmax(rows))}"
+    if {"hidden", "length", "dim"} <= set(table.column_names) and pa.types.is_binary(table.schema.field("hidden").type):
+        hidden, length, dim = (table.column(c).combine_chunks() for c in ("hidden", "length", "dim"))
+        if hidden.null_count or length.null_count or dim.null_count:
+            return "hidden/length/dim: null frozen-pass state(s)"
+        want = np.asarray(length.to_numpy(), np.int64) * np.asarray(dim.to_numpy(), np.int64) * 2
+        wrong = np.asarray(pc.binary_length(hidden).to_numpy(), np.int64) != want
+        if wrong.any():
+            return (
+                f"hidden: {int(wrong.sum())} state(s) whose bytes are not length x dim float16 values, first at row {int(np.argmax(wrong))}"
+            )
+        # all states at once, straight from the Arrow buffers (each row's size is even: checked above)
+        _, offsets_buf, data_buf = hidden.buffers()
+        offsets = np.frombuffer(offsets_buf, np.int32)[hidden.offset : hidden.offset + len(hidden) + 1]
+        if data_buf is not None and len(offsets) and offsets[-1] > offsets[0]:
+            values = np.frombuffer(data_buf, np.uint8)[offsets[0] : offsets[-1]].view(np.float16)
+            if not np.isfinite(values).all():
+                return "hidden: non-finite (NaN/inf) frozen-pass states"
+    return None
+
+
 def verify_cache(d: Path, fix: bool = False) -> dict:
-    """Read every shard in full: report unreadable ones and those without a ``key`` column, and
-    duplicate keys; with ``fix``, move the bad shards to ``corrupt/`` (their keys get recomputed)."""
+    """Read every shard in full, checking its page checksums: report unreadable ones, those
+    without a ``key`` column, those with a null or non-finite vector, and those whose vector size
+    differs from the other shards' (or from meta.json's ``dim``); count duplicate keys. With
+    ``fix``, move the bad shards to ``corrupt/`` (their keys get recomputed). ``problems``: shard -> why."""
     c = EmbeddingCache(d.parent, d.name)
-    bad: list[Path] = []
-    seen: set[str] = set()
-    dup = 0
+    problems: dict[Path, str] = {}
+    dims: dict[Path, tuple[dict[str, int], int]] = {}
+    keys: dict[Path, list[str]] = {}
     for shard in c.shards():
         try:
-            t = pq.read_table(shard)
+            t = pq.read_table(shard, page_checksum_verification=True)
             if "key" not in t.column_names:
                 raise ValueError("no key column")
         except Exception as e:  # any failure to read a shard in full is corruption to report
-            log.warning("cache %s: bad shard %s (%s)", d.name, shard.name, e)
-            bad.append(shard)
+            problems[shard] = f"unreadable: {type(e).__name__}: {e}"
             continue
-        ks = t.column("key").to_pylist()
-        dup += len(ks) - len(set(ks) - seen)
-        seen.update(ks)
+        if why := _finite_problem(t):
+            problems[shard] = why
+            continue
+        dims[shard] = (vector_columns(t.schema), t.num_rows)
+        keys[shard] = t.column("key").to_pylist()
+    for shard, why in odd_vector_sizes(dims, c.meta().get("dim")).items():
+        problems[shard] = why
+    seen: set[str] = set()
+    dup = 0
+    for shard, ks in keys.items():
+        if shard not in problems:  # duplicates among the shards that stay
+            dup += len(ks) - len(set(ks) - seen)
+            seen.update(ks)
+    bad = sorted(problems)
+    for shard in bad:
+        log.warning("cache %s: bad shard %s (%s)", d.name, shard.name, problems[shard])
     moved = []
     if fix:
         c.corrupt = bad
@@ -266,6 +359,7 @@ def verify_cache(d: Path, fix: bool = False) -> dict:
         "fingerprint": d.name,
         "shards": len(c.shards()) + len(moved),
         "bad_shards": [str(p) for p in bad],
+        "problems": {str(p): problems[p] for p in bad},
         "duplicate_rows": dup,
         "moved": [str(p) for p in moved],
     }

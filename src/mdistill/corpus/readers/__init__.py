@@ -16,14 +16,25 @@ from pathlib import Path
 import pyarrow as pa
 
 from mdistill.config import SourceConfig
-from mdistill.corpus.readers.delimited import read_csv, read_tsv, resolve_columns
+from mdistill.corpus.readers.delimited import check_columns, read_csv, read_tsv, resolve_columns
 from mdistill.corpus.readers.gettext import read_gettext
 from mdistill.corpus.readers.hf import read_hf
 from mdistill.corpus.readers.jsonl import read_jsonl
-from mdistill.corpus.readers.lines import decode, iter_lines, line_ranges
+from mdistill.corpus.readers.lines import (
+    COMPRESSED_SUFFIXES,
+    check_encoding,
+    check_not_compressed,
+    decode,
+    iter_lines,
+    line_ranges,
+    text_encoding,
+)
 from mdistill.corpus.readers.parquet import read_parquet
 from mdistill.corpus.readers.tmx import read_tmx
 from mdistill.corpus.schema import CorpusReadError, RowBatcher
+from mdistill.log import get_logger
+
+log = get_logger("corpus")
 
 EXTENSIONS = {
     "tsv": (".tsv", ".txt"),
@@ -45,6 +56,19 @@ def expand_paths(src: SourceConfig) -> list[str]:
         path = Path(p).expanduser()
         if path.is_dir():
             out += sorted(str(f) for f in path.rglob("*") if f.is_file() and f.name.endswith(EXTENSIONS[src.format]))
+            packed = sorted(
+                str(f)
+                for f in path.rglob("*")
+                if f.is_file() and f.name.endswith(tuple(e + c for e in EXTENSIONS[src.format] for c in COMPRESSED_SUFFIXES))
+            )
+            if packed:  # not read: say so, so their rows are not missed without a word
+                log.warning(
+                    "corpus source %s: %d compressed file(s) in %s not read (decompress them to include them): %s",
+                    src.name or src.format,
+                    len(packed),
+                    path,
+                    ", ".join(packed[:5]),
+                )
         elif path.is_file():
             out.append(str(path))
         elif matches := sorted(glob.glob(str(path), recursive=True)):
@@ -57,7 +81,7 @@ def expand_paths(src: SourceConfig) -> list[str]:
 def _first_record(path: str, src: SourceConfig) -> list[str] | None:
     delim = src.delimiter or ("," if src.format == "csv" else "\t")
     if src.format == "csv":
-        with open(path, encoding=src.encoding, errors="replace", newline="") as f:
+        with open(path, encoding=text_encoding(src.encoding), errors="replace", newline="") as f:
             for rec in csv.reader(f, delimiter=delim):
                 if any(x.strip() for x in rec):
                     return rec
@@ -89,12 +113,20 @@ def plan_units(src: SourceConfig, range_bytes: int = 32 << 20) -> list[dict]:
     for path in expand_paths(src):
         size = Path(path).stat().st_size if Path(path).is_file() else 0
         common = {"lang": src.lang}
+        if src.format != "hf" and Path(path).is_file():  # hf: load_dataset reads compressed data files itself
+            check_not_compressed(path, src.format)
+        if src.format in ("tsv", "csv", "jsonl"):
+            check_encoding(path, src.encoding, line_based=src.format != "csv")
         if src.format in ("tsv", "csv"):
             header = src.header if src.header is not None else src.format == "csv"
             first = _first_record(path, src)
             if first is None:  # an empty file: nothing to read, nothing to count
                 continue
-            cols = resolve_columns(dict(src.columns), [c.strip() for c in first] if header else None)
+            try:
+                cols = resolve_columns(dict(src.columns), [c.strip() for c in first] if header else None)
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
+            check_columns(path, cols, len(first))
             if "lang" not in cols and src.lang is None:
                 raise ValueError(f"{path}: no lang column and no lang: for this source")
             delim = src.delimiter or ("," if src.format == "csv" else "\t")
@@ -156,7 +188,7 @@ def read_unit(u: dict, rows_per_table: int = 20_000) -> Iterator[pa.Table]:
         yield from RowBatcher(u["source"], u["origin"], rows_per_table).tables(read_rows(u))
     except CorpusReadError:
         raise
-    except (OSError, UnicodeDecodeError, ValueError) as e:  # name the file whatever the reader hit
+    except (OSError, UnicodeDecodeError, ValueError, LookupError, RecursionError) as e:  # name the file whatever the reader hit
         raise CorpusReadError(f"{u['origin']}: {type(e).__name__}: {e}") from e
 
 

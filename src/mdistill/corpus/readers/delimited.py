@@ -6,7 +6,9 @@ the ``csv`` module (fields may span lines), read by one task per file.
 
 Columns are picked by name (with a header) or 0-based index (without); ``lang`` is a column or
 one fixed language for the file. A line whose field count differs from the header's (or the
-first line's) is quarantined as ``wrong_column_count``, never guessed at.
+first line's) is quarantined as ``wrong_column_count``, never guessed at. A column index outside
+that count (or negative: Python would count from the end) is an error naming the file and the key.
+A UTF-8 byte order mark before the header (or the first line) is dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import re
 from collections.abc import Iterator
 
 from mdistill.corpus.langs import try_normalize_lang
-from mdistill.corpus.readers.lines import decode, iter_lines
+from mdistill.corpus.readers.lines import check_encoding, decode, iter_lines, text_encoding
 from mdistill.corpus.schema import Row, truncate
 
 _SURROGATE = re.compile("[\udc80-\udcff]")  # undecodable bytes under errors="surrogateescape"
@@ -47,6 +49,8 @@ def read_tsv(
     first_line: int = 1,
 ) -> Iterator[Row]:
     """Rows of one byte range of a TSV file (``skip_header``: the range holds the header line)."""
+    check_encoding(path, encoding, line_based=True)
+    check_columns(path, cols, ncols)
     for n, line in iter_lines(path, start, end, first_line):
         if skip_header and n == 1:
             continue
@@ -85,7 +89,9 @@ def read_csv(
     path: str, *, cols: dict[str, int], ncols: int, lang: str | None, delimiter: str = ",", encoding: str = "utf-8", header: bool
 ) -> Iterator[Row]:
     """Rows of a quoted CSV file; ``position`` is the line the record starts on."""
-    with open(path, encoding=encoding, errors="surrogateescape", newline="") as f:
+    check_encoding(path, encoding, line_based=False)
+    check_columns(path, cols, ncols)
+    with open(path, encoding=text_encoding(encoding), errors="surrogateescape", newline="") as f:
         lines = _Lines(f)
         reader = csv.reader(iter(lines), delimiter=delimiter, strict=True)
         seen_header = not header
@@ -142,3 +148,15 @@ def resolve_columns(columns: dict[str, str | int], header: list[str] | None) -> 
         else:
             raise ValueError(f"column {v!r} ({k}) not in the header {header}")
     return out
+
+
+def check_columns(path: str, cols: dict[str, int], ncols: int) -> None:
+    """Every picked column exists in a line of ``ncols`` fields (the others are quarantined as
+    ``wrong_column_count``), so no valid line can raise IndexError or silently pick the wrong field."""
+    for key, i in cols.items():
+        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+            raise ValueError(f"{path}: columns.{key} = {i!r}: a column is a 0-based index >= 0 (or a header name)")
+        if i >= ncols:
+            raise ValueError(
+                f"{path}: columns.{key} = {i}: past the last column (the file's first record has {ncols} column(s), indices 0..{ncols - 1})"
+            )

@@ -1,20 +1,48 @@
 """gettext catalogs: PO (source) and MO (compiled) files, through ``polib``.
 
 ``msgid`` is the English source, ``msgstr`` the translation; each catalog's charset is honoured
-(Debian still ships some latin-1 catalogs). Plural entries give two pairs: ``msgid`` with form 0
-and ``msgid_plural`` with form 1 (when the language has one). Fuzzy, obsolete and untranslated
-entries are not pairs, but they are rows: quarantined with that reason, so the counts add up.
-The header entry (``msgid ""``) is metadata, not a row. The language is the config's, else the
+(Debian still ships some latin-1 catalogs), except a PO whose header declares another charset but
+whose bytes are UTF-8 (non-ASCII, and strict UTF-8 decodes them): read as UTF-8, with a warning,
+since decoding UTF-8 as latin-1 would keep every accented letter as mojibake ("LÃ¶schen").
+Plural entries give two pairs: ``msgid`` with form 0 and ``msgid_plural`` with form 1 (when the
+language has one). Fuzzy, obsolete and untranslated entries are not pairs, but they are rows:
+quarantined with that reason, so the counts add up. The header entry (``msgid ""``) is metadata, not a row. The language is the config's, else the
 PO ``Language:`` header, else the locale folder (``…/de/LC_MESSAGES/x.mo``) or file name (``de.po``).
 """
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 from pathlib import Path
 
 from mdistill.corpus.langs import try_normalize_lang
 from mdistill.corpus.schema import CorpusReadError, Row
+from mdistill.log import get_logger
+
+log = get_logger("corpus")
+
+
+def po_encoding(path: str) -> str | None:
+    """UTF-8 when a PO declares another charset but is written in UTF-8 (multi-byte sequences that
+    decode strictly: latin-1 text almost never does); None to honour the declared charset."""
+    import polib
+
+    declared = polib.detect_encoding(path)
+    try:
+        if codecs.lookup(declared).name == "utf-8":
+            return None
+    except LookupError:
+        return None
+    raw = Path(path).read_bytes()
+    if raw.isascii():  # the same text in either charset
+        return None
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    log.warning("%s: the header declares charset %s but the file is UTF-8: read as UTF-8", path, declared)
+    return "utf-8"
 
 
 def catalog_lang(path: str, header_lang: str | None) -> str | None:
@@ -29,7 +57,7 @@ def read_gettext(path: str, *, lang: str | None = None) -> Iterator[Row]:
     import polib
 
     try:
-        cat = polib.mofile(path) if path.endswith(".mo") else polib.pofile(path)
+        cat = polib.mofile(path) if path.endswith(".mo") else polib.pofile(path, encoding=po_encoding(path))
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise CorpusReadError(f"{path}: unreadable gettext catalog: {e}") from e
     code = try_normalize_lang(lang) if lang else catalog_lang(path, cat.metadata.get("Language"))

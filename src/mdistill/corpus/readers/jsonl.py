@@ -1,8 +1,9 @@
 """JSON Lines parallel corpora: one object per line, e.g. ``{"en": "...", "text": "...", "lang": "de"}``.
 
 Fields are picked by key; a dotted key reaches into nested objects (``translation.de`` for the
-Hugging Face translation layout). Read in byte ranges like TSV. A line that is not JSON, not an
-object, lacks a field, or holds a non-string where a string belongs is quarantined with its reason.
+Hugging Face translation layout). Read in byte ranges like TSV. A line that is not JSON (nested
+too deep to parse included), not an object, lacks a field, or holds a non-string where a string
+belongs is quarantined with its reason.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from collections.abc import Iterator
 
 from mdistill.corpus.langs import try_normalize_lang
-from mdistill.corpus.readers.lines import decode, iter_lines
+from mdistill.corpus.readers.lines import check_encoding, decode, iter_lines
 from mdistill.corpus.schema import Row, truncate
 
 
@@ -56,6 +57,7 @@ def read_jsonl(
     end: int | None = None,
     first_line: int = 1,
 ) -> Iterator[Row]:
+    check_encoding(path, encoding, line_based=True)
     for n, line in iter_lines(path, start, end, first_line):
         text, ok = decode(line, encoding)
         if not ok:
@@ -66,7 +68,7 @@ def read_jsonl(
             continue
         try:
             obj = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack, one bad line
             yield Row(None, None, lang, n, "invalid_json", truncate(text))
             continue
         yield record_row(obj, fields, lang, n, text)

@@ -19,11 +19,20 @@ _CODES = {"bpt", "ept", "ph", "it", "ut"}
 
 
 def seg_text(seg: ET.Element) -> str:
-    parts = [seg.text or ""]
-    for child in seg:
-        if child.tag not in _CODES:
-            parts.append(seg_text(child))
-        parts.append(child.tail or "")
+    """The text of a segment without inline codes (their tails are text). Iterative: markup nested
+    thousands deep (``<hi><hi>...``) must not raise RecursionError."""
+    parts: list[str] = []
+    todo: list[ET.Element | str] = [seg]  # a stack: elements to open, text to emit
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            parts.append(item)
+            continue
+        parts.append(item.text or "")
+        for child in reversed(item):
+            todo.append(child.tail or "")
+            if child.tag not in _CODES:
+                todo.append(child)
     return "".join(parts)
 
 

@@ -110,7 +110,7 @@ def run_size(fraction: float, work: Path, teacher: Path, student: Path, steps: i
         "teacher_computed": report["teacher_cache"]["computed"],
         "states_computed": states["computed"] if states else 0,  # None: the training set was reused
         "optimizer_steps": report["students"]["student"]["logs"]["history"][-1]["step"],
-        **{k: round(v) for k, v in mem.items()},
+        **{k: (round(v) if isinstance(v, float) else v) for k, v in mem.items()},
     }
 
 

@@ -16,10 +16,11 @@ def sample_tree(pid: int, stop: threading.Event, out: dict) -> None:
     while not stop.is_set():
         try:
             procs = [root, *root.children(recursive=True)]
-            mems = []
+            mems, names = [], []
             for p in procs:
                 try:
                     mems.append(p.memory_full_info())
+                    names.append(p.name())
                 except psutil.Error:  # a worker that just exited
                     pass
             peaks = {
@@ -28,6 +29,8 @@ def sample_tree(pid: int, stop: threading.Event, out: dict) -> None:
                 "largest_process_peak_mb": max(m.rss for m in mems),
                 "driver_peak_mb": root.memory_info().rss,
             }
+            if peaks["largest_process_peak_mb"] / 2**20 > out.get("largest_process_peak_mb", 0):
+                out["largest_process"] = names[max(range(len(mems)), key=lambda i: mems[i].rss)]  # e.g. raylet: the object store's pages
             for k, v in peaks.items():
                 out[k] = max(out.get(k, 0), v / 2**20)
         except psutil.Error:
@@ -48,4 +51,4 @@ def run_child(args: list[str], label: str) -> dict:
     if proc.returncode:
         raise RuntimeError(f"{label} failed ({proc.returncode})")
     result = json.loads(stdout.strip().splitlines()[-1])
-    return {**result, **{k: round(v) for k, v in mem.items()}}
+    return {**result, **{k: (round(v) if isinstance(v, float) else v) for k, v in mem.items()}}

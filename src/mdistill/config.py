@@ -101,7 +101,7 @@ class SourceConfig(_Strict):
 
 
 class CorpusConfig(_Strict):
-    sources: list[SourceConfig] = [SourceConfig(format="debian", parts=["libreoffice"])]
+    sources: list[SourceConfig] = [SourceConfig(format="debian", parts=["libreoffice", "gettext", "ddtp"])]
     langs: list[str] = ["de", "fr", "es", "zh_CN"]  # pairs in other languages are quarantined (lang_not_selected)
     min_words: int = Field(3, ge=1)  # English side, words
     max_words: int = Field(64, ge=1)
@@ -111,11 +111,11 @@ class CorpusConfig(_Strict):
     dedup: bool = True  # exact (en, lang, text) duplicates: first kept, the rest quarantined
     dev_fraction: float = Field(0.015, ge=0, lt=1)  # of English sentences, by hash
     test_fraction: float = Field(0.015, ge=0, lt=1)  # of English sentences, by hash
-    train_fraction: float = Field(0.07, gt=0, le=1)  # of the remaining English sentences, by hash (rest: unused)
+    train_fraction: float = Field(0.025, gt=0, le=1)  # of the remaining English sentences, by hash (rest: unused)
     # Whole sources never trained on: fnmatch patterns over a row's source label (libreoffice,
     # gettext:<package>, ddtp, a user source's name) or its file (origin). Their rows whose English
     # does not hash into train form the out-of-domain ``heldout`` split; the rest are unused.
-    heldout_sources: list[str] = []
+    heldout_sources: list[str] = ["gettext:git", "gettext:gnupg2", "gettext:coreutils", "gettext:glib20"]
     bucket_bytes: int = Field(32 << 20, ge=1 << 16)  # input bytes per dedup bucket: bounds a task's memory
 
     @field_validator("langs")

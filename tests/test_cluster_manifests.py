@@ -4,6 +4,7 @@ resources on the workers and none on the head, the schedule, the RayJob's clean-
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import yaml
 from croniter import croniter
 
-from mdistill.config import load_config
+from mdistill.config import SECRET_EXCLUDES, UPLOAD_EXCLUDES, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
@@ -160,3 +161,67 @@ def test_no_inline_secrets(name):
     for d in docs(name):
         assert d.get("kind") != "Secret", "secrets are created with kubectl, not committed"
     assert "auth_token=" not in text.replace("--from-literal=auth_token=", "")
+
+
+def test_cluster_launcher_passes_rays_own_validator():
+    """What `ray up` checks before it calls AWS: defaults filled in, then Ray's ray-schema.json (no
+    cluster, no cloud calls). The validator is live: a misspelt key fails it."""
+    import copy
+
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cl = yaml.safe_load((CLUSTER / "ray-cluster.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(cl)))
+    cl["rsync_excludes"] = []
+    with pytest.raises(Exception, match="rsync_excludes"):
+        validate_config(prepare_config(cl))
+
+
+def test_cluster_launcher_syncs_nothing_submit_would_not_upload():
+    """`ray up` rsyncs the checkout through .rayignore (and .gitignore) = what `mdistill submit`
+    never uploads; rsync_exclude stays free of patterns that would drop the launcher's own
+    single-file mounts (the SSH key it copies to the head, the auth token)."""
+    import fnmatch
+
+    cl = yaml.safe_load((CLUSTER / "ray-cluster.yaml").read_text())
+    assert cl["file_mounts"]["/home/ubuntu/mdistill"] == "."
+    assert {".rayignore", ".gitignore"} <= set(cl.get("rsync_filter", []))
+    lines = [x for x in (REPO / ".rayignore").read_text().splitlines() if x.strip() and not x.startswith("#")]
+    expected = "\n".join(UPLOAD_EXCLUDES + SECRET_EXCLUDES)
+    assert lines == UPLOAD_EXCLUDES + SECRET_EXCLUDES, f".rayignore is out of date; its patterns should read:\n{expected}"
+    own_files = ["ray-autoscaler_us-west-2.pem", "auth_token", "ray_bootstrap_config.yaml"]
+    assert not [(p, f) for p in cl.get("rsync_exclude", []) for f in own_files if fnmatch.fnmatch(f, p.rstrip("/"))]
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    steps, buf = [], ""
+    for line in (CLUSTER / "Dockerfile").read_text().splitlines():
+        if line.lstrip().startswith("#") or not (buf or line.strip()):
+            continue
+        buf += line.rstrip().removesuffix("\\") + " "
+        if not line.rstrip().endswith("\\"):
+            instr, _, args = buf.strip().partition(" ")
+            steps.append((instr.upper(), " ".join(args.split())))
+            buf = ""
+    return steps
+
+
+def test_dockerfile_prefetches_the_jobs_debian_corpus_for_non_root_pods():
+    """The pods run as a non-root user without apt lists: the RayJob's config's Debian inputs are
+    fetched at build time, as root, after mdistill is installed, into the folder the image names
+    as $MDISTILL_DEBIAN_SEED (where a run copies them from)."""
+    steps = dockerfile()
+    user_i = next(i for i, (k, a) in enumerate(steps) if k == "USER")
+    assert steps[user_i][1] not in ("root", "0")
+    pkg_i = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and ".[assets]" in a)
+    fetch_i, fetch = next((i, a) for i, (k, a) in enumerate(steps) if k == "RUN" and "prefetch_debian(" in a)
+    assert pkg_i < fetch_i < user_i  # mdistill installed, still root
+    assert fetch.index("apt-get update") < fetch.index("prefetch_debian(")
+    config_arg, cache = re.search(r"prefetch_debian\('([^']+)', '([^']+)'\)", fetch).groups()
+    (arg,) = [a for k, a in steps if k == "ARG" and a.startswith("CORPUS_CONFIG=")]
+    assert config_arg == "${CORPUS_CONFIG}"
+    rayjob = shlex.split(kind("kuberay/rayjob.yaml", "RayJob")["spec"]["entrypoint"])
+    assert rayjob[2] == "/app/" + arg.split("=", 1)[1]  # WORKDIR /app: the config the RayJob runs
+    envs = dict(a.split("=", 1) for k, a in steps[fetch_i:] if k == "ENV" and a.startswith("MDISTILL_DEBIAN_SEED="))
+    assert envs == {"MDISTILL_DEBIAN_SEED": cache + "/debian"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,83 @@ def test_download_packages_skips_missing_and_caches(tmp_path, monkeypatch):
     calls.clear()
     assert debian.download_packages(["git", "dpkg"], tmp_path) == ["git", "dpkg"]
     assert calls == []  # already extracted: no apt call
+
+
+def fake_seed(root: Path, langs: list[str]) -> Path:
+    """A $MDISTILL_DEBIAN_SEED as cluster/Dockerfile builds it (assets.prefetch_debian): the three
+    parts of `<cache_dir>/debian` with their markers."""
+    from mdistill.corpus.libreoffice import help_lang_dir
+
+    help_root = root / "libreoffice-help" / "usr" / "share" / "libreoffice" / "help"
+    for lang in ["en", *langs]:
+        (help_root / help_lang_dir(lang) / "text").mkdir(parents=True)
+        (help_root / help_lang_dir(lang) / "text" / "a.html").write_text("<p id='1'>x</p>")
+    (root / "libreoffice-help" / "packages.txt").write_text("libreoffice-help-de_1.0_all.deb\n")
+    mo = root / "gettext" / "usr" / "share" / "locale" / "de" / "LC_MESSAGES" / "git.mo"
+    mo.parent.mkdir(parents=True)
+    mo.write_bytes(b"\x00")
+    (root / "gettext" / "packages.txt").write_text("".join(f"{pkg}_1.0_all.deb\n" for pkg in debian.GETTEXT_PACKAGES))
+    (root / "ddtp").mkdir()
+    (root / "ddtp" / "Translation-en").write_text(EN)
+    (root / "ddtp" / "Translation-de").write_text(DE)
+    (root / "ddtp" / "ddtp.json").write_text(
+        json.dumps({"requested": ["en", "de"], "files": {"en": "Translation-en", "de": "Translation-de"}})
+    )
+    return root
+
+
+def test_pod_plans_the_debian_corpus_from_the_image_seed_without_apt_or_root(tmp_path, monkeypatch):
+    """A RayJob pod: non-root, apt-get present but without lists (any apt call fails), empty
+    cache_dir on the PVC. The run's own planning finds every part, copied from the seed."""
+    from mdistill import assets
+    from mdistill.config import SourceConfig
+    from mdistill.stages.corpus import debian_units
+
+    def no_apt(cmd, *a, **kw):
+        raise AssertionError(f"apt called in a pod: {cmd}")
+
+    monkeypatch.setenv(debian.SEED_ENV, str(fake_seed(tmp_path / "seed", ["de"])))
+    monkeypatch.setattr(debian.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(assets.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(debian.subprocess, "run", no_apt)
+    monkeypatch.setattr(assets.subprocess, "run", no_apt)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    cache = tmp_path / "data" / "cache"
+    units, identity = debian_units(SourceConfig(format="debian", parts=["libreoffice", "gettext", "ddtp"]), ["de"], cache)
+    assert {u["source"] for u in units} == {"libreoffice", "gettext:git", "ddtp"}
+    assert all(str(cache) in json.dumps(u) for u in units)  # read from the (shared) cache, not the image
+    assert "libreoffice-help-de_1.0_all.deb" in identity and "git_1.0_all.deb" in identity
+    assert sorted(p.name for p in (cache / "debian").iterdir()) == ["ddtp", "gettext", "libreoffice-help"]  # no temp left
+
+
+def test_seed_never_overwrites_a_cache_that_holds_something(tmp_path, monkeypatch):
+    monkeypatch.setenv(debian.SEED_ENV, str(fake_seed(tmp_path / "seed", ["de"])))
+    dest = tmp_path / "cache" / "debian" / "gettext"
+    dest.mkdir(parents=True)
+    (dest / "packages.txt").write_text("git_2.0_all.deb\n")
+    assert debian.seed_from_image(dest) is False
+    assert (dest / "packages.txt").read_text() == "git_2.0_all.deb\n"
+    monkeypatch.delenv(debian.SEED_ENV)
+    assert debian.seed_from_image(tmp_path / "cache" / "debian" / "ddtp") is False  # no seed: no-op
+
+
+def test_prefetch_debian_fails_when_a_part_was_not_fetched(tmp_path, monkeypatch):
+    """An image build must not ship without DDTP (the run would only warn, in every pod)."""
+    from mdistill import assets
+    from mdistill.stages import corpus as corpus_stage
+
+    def fetch_all_but_ddtp(src, langs, cache_dir):
+        fetched = fake_seed(Path(tempfile.mkdtemp(dir=tmp_path)), langs)
+        (cache_dir / "debian").mkdir(parents=True, exist_ok=True)
+        for part in ("libreoffice-help", "gettext"):
+            if not (cache_dir / "debian" / part).exists():
+                (fetched / part).rename(cache_dir / "debian" / part)
+        return [], ""
+
+    monkeypatch.setattr(corpus_stage, "debian_units", fetch_all_but_ddtp)
+    config = tmp_path / "c.yaml"
+    config.write_text("name: c\ncorpus:\n  langs: [de]\n  sources: [{format: debian, parts: [libreoffice, gettext, ddtp]}]\n")
+    with pytest.raises(RuntimeError, match=r"\['ddtp'\] were not fetched"):
+        assets.prefetch_debian(config, tmp_path / "cache")
+    config.write_text("name: c\ncorpus:\n  langs: [de]\n  sources: [{format: debian, parts: [libreoffice, gettext]}]\n")
+    assert assets.prefetch_debian(config, tmp_path / "cache") == (tmp_path / "cache" / "debian").resolve()

@@ -220,10 +220,91 @@ def test_entrypoint_and_runtime_env():
     cmd = jobs.run_entrypoint(config, ["corpus.langs=[de, fr]"], cfg.job)
     assert cmd == "OMP_NUM_THREADS=2 mdistill run configs/tiny.yaml 'corpus.langs=[de, fr]'"
     env = jobs.runtime_env(cfg.job)
-    assert env["working_dir"] == str(REPO) and ".venv" in env["excludes"] and "runs" in env["excludes"]
+    assert env["working_dir"] == str(REPO) and ".venv" in env["excludes"] and "/runs/" in env["excludes"]
     assert env["env_vars"]["HF_HUB_OFFLINE"] == "1" and env["env_vars"]["RAY_OVERRIDE_JOB_RUNTIME_ENV"] == "1"
     with pytest.raises(ValueError, match="outside job.working_dir"):
         jobs.config_for_job("/etc/some.yaml", cfg.job)
     installed = cfg.job.model_copy(update={"code": "installed"})
     assert jobs.config_for_job("/app/configs/default.yaml", installed) == "/app/configs/default.yaml"
     assert "working_dir" not in jobs.runtime_env(installed)
+
+
+# A folder as a user might submit it from: no .gitignore, credentials and big local outputs next
+# to the config and the data.
+KEEP = ["configs/run.yaml", "data/train.tsv", "src/pkg/models/__init__.py", "src/pkg/keys.py", "notes/environment.md"]
+DROP = [
+    ".env",
+    ".env.production",
+    ".envrc",
+    ".netrc",
+    ".ssh/id_rsa",
+    ".ssh/config",
+    ".ray/auth_token",
+    ".aws/credentials",
+    ".docker/config.json",
+    ".cache/huggingface/token",
+    "data/.cache/shard.bin",
+    "id_ed25519",
+    "deploy/id_rsa.pub",
+    "deploy/server.pem",
+    "deploy/tls.key",
+    "models/default/1/model.safetensors",
+    "runs/default/report.json",
+    ".git/config",
+    ".venv/bin/python",
+    "src/pkg/__pycache__/keys.cpython-311.pyc",
+]
+
+
+def user_folder(root: Path) -> Path:
+    for rel in KEEP + DROP:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
+    return root
+
+
+def uploaded(job_cfg, scratch: Path) -> set[str]:
+    """The files `mdistill submit` would upload: the runtime_env it sends, through Ray's own
+    working_dir packaging (what JobSubmissionClient runs before its PUT), zipped here, no cluster."""
+    from zipfile import ZipFile
+
+    from ray._private.runtime_env.packaging import create_package
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+    from mdistill import jobs
+
+    seen: dict = {}
+
+    def capture(working_dir: str, excludes: list[str], is_file: bool = False) -> None:
+        seen.update(working_dir=working_dir, excludes=excludes)
+
+    upload_working_dir_if_needed(jobs.runtime_env(job_cfg), include_gitignore=True, upload_fn=capture)
+    pkg = scratch / "package.zip"
+    create_package(seen["working_dir"], pkg, include_gitignore=True, excludes=seen["excludes"])
+    with ZipFile(pkg) as z:
+        return {n for n in z.namelist() if not n.endswith("/")}
+
+
+def test_submit_without_gitignore_uploads_no_secrets_caches_or_models(tmp_path):
+    from mdistill.config import JobConfig
+
+    folder = user_folder(tmp_path / "work")
+    assert uploaded(JobConfig(working_dir=str(folder)), tmp_path) == set(KEEP)
+
+
+def test_user_excludes_extend_the_defaults_never_replace_them(tmp_path, monkeypatch):
+    from mdistill.config import JobConfig
+
+    # Ray's own defaults (.git, .venv, ... in Ray >= 2.5x) are an env var away from empty: not relied on
+    monkeypatch.setenv("RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES", "")
+    folder = user_folder(tmp_path / "work")
+    got = uploaded(JobConfig(working_dir=str(folder), excludes=["data/"]), tmp_path)
+    assert got == set(KEEP) - {"data/train.tsv"}
+
+
+def test_user_negation_reincludes_a_default_but_never_a_secret(tmp_path):
+    from mdistill.config import JobConfig
+
+    folder = user_folder(tmp_path / "work")
+    cfg = JobConfig(working_dir=str(folder), excludes=["!/models/", "!.env*", "!*.pem", "!.ssh/"])
+    assert uploaded(cfg, tmp_path) == set(KEEP) | {"models/default/1/model.safetensors"}

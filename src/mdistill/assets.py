@@ -36,10 +36,12 @@ def resolve_model(name: str, cache_dir: Path) -> str:
 
 def debian_help_root(langs: list[str], cache_dir: Path) -> Path:
     """Download and unpack ``libreoffice-help-*`` for en + ``langs`` (no install, no root)."""
+    from mdistill.corpus.debian import seed_from_image
     from mdistill.corpus.libreoffice import help_lang_dir
 
     root = cache_dir / "debian" / "libreoffice-help"
     help_root = root / "usr" / "share" / "libreoffice" / "help"
+    seed_from_image(root)
     wanted = ["en"] + list(langs)
     missing = [lang for lang in wanted if not (help_root / help_lang_dir(lang)).is_dir()]
     if not missing:
@@ -68,3 +70,27 @@ def source_identity(help_root: Path) -> str:
     """What the extracted LibreOffice help came from (package file names carry versions)."""
     marker = help_root.parents[3] / "packages.txt"
     return marker.read_text() if marker.exists() else str(sorted(p.name for p in help_root.iterdir()))
+
+
+def prefetch_debian(config: str | Path, cache_dir: str | Path) -> Path:
+    """Fetch the Debian inputs of ``config``'s ``format: debian`` sources into ``cache_dir/debian``,
+    as its run would (same code, same languages and parts), without Ray; returns that folder.
+
+    For images (cluster/Dockerfile, run as root): the result is a ``$MDISTILL_DEBIAN_SEED``. A part
+    that could not be fetched is an error here, not the run's warning: an image without it would
+    build a different corpus in every pod.
+    """
+    from mdistill.config import load_config
+    from mdistill.stages.corpus import debian_units
+
+    cfg = load_config(Path(config))
+    root = Path(cache_dir).expanduser().resolve()
+    markers = {"libreoffice": "libreoffice-help/packages.txt", "gettext": "gettext/packages.txt", "ddtp": "ddtp/ddtp.json"}
+    for src in cfg.corpus.sources:
+        if src.format != "debian":
+            continue
+        debian_units(src, cfg.corpus.langs, root)
+        missing = [part for part in src.parts if not (root / "debian" / markers[part]).is_file()]
+        if missing:
+            raise RuntimeError(f"Debian parts {missing} were not fetched into {root / 'debian'} (see the warnings above)")
+    return root / "debian"

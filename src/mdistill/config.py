@@ -243,9 +243,55 @@ class RegistryConfig(_Strict):
         return None if v is None else check_name(v, "registry.name")  # <root>/<name>/: a folder
 
 
-# Ray's working_dir upload is capped (512 MiB) and .gitignore'd paths are skipped anyway; these
-# keep a checkout without a .gitignore (or with big local caches) under the cap.
-DEFAULT_EXCLUDES = [".venv", "venv", "runs", ".git", "**/__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info", "build", "dist"]
+# What `mdistill submit` (code: working_dir) never uploads, whatever the folder's .gitignore says
+# (it may have none) and whatever job.excludes adds. Ray applies them as .gitignore lines to paths
+# relative to working_dir. Only three forms are used, which rsync's filter rules read the same way
+# (the repo's .rayignore, read by Ray's packaging and `ray up`'s rsync, holds this list; a test
+# keeps them equal): a name or glob without "/" matches at any depth, a trailing "/" matches
+# folders only, a leading "/" anchors at the top of working_dir.
+# Not needed by the job and often big (Ray refuses uploads over 512 MiB). Outputs and registries
+# are anchored: src/mdistill/models/ is code, ./models/ is `registry.root`.
+UPLOAD_EXCLUDES: list[str] = [
+    ".git",
+    ".venv",
+    "venv",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".mypy_cache",
+    "*.egg-info",
+    ".cache/",
+    "/build/",
+    "/dist/",
+    "/runs/",
+    "/models/",
+    "/.mdistill-cache/",
+]
+# Credentials: Ray stores the uploaded package on the cluster, readable by every job there.
+SECRET_EXCLUDES: list[str] = [
+    ".env*",
+    ".netrc",
+    "_netrc",
+    ".git-credentials",
+    ".pypirc",
+    ".npmrc",
+    ".ssh/",
+    ".gnupg/",
+    ".aws/",
+    ".azure/",
+    ".kube/",
+    ".docker/",
+    ".huggingface/",
+    ".ray/",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+]
 
 
 class JobConfig(_Strict):
@@ -257,7 +303,10 @@ class JobConfig(_Strict):
     # exist on the cluster (e.g. baked into the image).
     code: Literal["working_dir", "installed"] = "working_dir"
     working_dir: str = "."
-    excludes: list[str] = DEFAULT_EXCLUDES
+    # Added to UPLOAD_EXCLUDES and SECRET_EXCLUDES, never replacing them (.gitignore syntax, relative
+    # to working_dir). "!pattern" re-includes one of UPLOAD_EXCLUDES (e.g. "!/models/"; not one a
+    # .gitignore/.rayignore there lists), never a secret: those come last (jobs.upload_excludes).
+    excludes: list[str] = []
     pip: list[str] = []  # extra packages installed for the job (runtime_env pip)
     py_modules: list[str] = []  # local packages shipped with the job (runtime_env py_modules)
     # Never secrets here: runtime_env is stored in the cluster's job table and shown by the dashboard.

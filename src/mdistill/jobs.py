@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from mdistill.config import JobConfig
+from mdistill.config import SECRET_EXCLUDES, UPLOAD_EXCLUDES, JobConfig
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
@@ -73,6 +73,13 @@ def run_entrypoint(config: str, overrides: list[str], job_cfg: JobConfig) -> str
     return prefix + shlex.join(["mdistill", "run", config, *overrides])
 
 
+def upload_excludes(job_cfg: JobConfig) -> list[str]:
+    """The runtime_env excludes: the fixed ones, the user's additions, then the secrets. Ray applies
+    them as one .gitignore (the last matching line wins), so a user's "!pattern" can re-include a
+    default but never a secret."""
+    return [*dict.fromkeys([*UPLOAD_EXCLUDES, *job_cfg.excludes]), *SECRET_EXCLUDES]  # secrets never deduplicated away
+
+
 def runtime_env(job_cfg: JobConfig) -> dict:
     env: dict = {
         # init_ray() passes its own env_vars to ray.init(); equal keys from the job would be a
@@ -81,7 +88,7 @@ def runtime_env(job_cfg: JobConfig) -> dict:
     }
     if job_cfg.code == "working_dir":
         env["working_dir"] = str(Path(job_cfg.working_dir).expanduser().resolve())
-        env["excludes"] = list(job_cfg.excludes)
+        env["excludes"] = upload_excludes(job_cfg)
     if job_cfg.pip:
         env["pip"] = list(job_cfg.pip)
     if job_cfg.py_modules:

@@ -48,6 +48,37 @@ GETTEXT_PACKAGES: list[str] = [
 
 APT_TIMEOUT_S = 900  # a hung mirror must not hang the corpus build forever
 
+# A folder laid out like ``<cache_dir>/debian`` (libreoffice-help/, gettext/, ddtp/), fetched when an
+# image is built (cluster/Dockerfile, as root): pods run as a non-root user (no DDTP fetch), without
+# apt lists and maybe without internet, so a part missing from the cache is copied from here.
+SEED_ENV = "MDISTILL_DEBIAN_SEED"
+
+
+def seed_from_image(dest: Path) -> bool:
+    """Fill an absent or empty ``dest`` with ``$MDISTILL_DEBIAN_SEED/<dest.name>``; True if copied.
+
+    A cache that already holds something is left alone (it may be newer or hold more languages).
+    The copy goes to a temporary sibling first, so a crash leaves no half-seeded cache behind.
+    """
+    seed = os.environ.get(SEED_ENV)
+    src = Path(seed) / dest.name if seed else None
+    if src is None or not src.is_dir() or (dest.is_dir() and any(dest.iterdir())):
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-seed-", dir=dest.parent))
+    try:
+        shutil.copytree(src, tmp, symlinks=True, dirs_exist_ok=True)
+        if dest.is_dir():
+            dest.rmdir()  # empty (checked above)
+        tmp.rename(dest)
+    except OSError:
+        if dest.is_dir() and any(dest.iterdir()):
+            return False  # another process seeded it first
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
 
 def _require_apt() -> None:
     """Fail early with a useful message on systems without apt (not Debian/Ubuntu)."""
@@ -92,6 +123,7 @@ def download_packages(pkgs: list[str], dest: Path) -> list[str]:
     A name this release lacks is skipped with a warning, so a list written for one Debian release
     still builds on another.
     """
+    seed_from_image(dest)
     _require_apt()
     dest.mkdir(parents=True, exist_ok=True)
     done = _extracted(dest)
@@ -227,6 +259,7 @@ def ddtp_lists(langs: list[str], dest: Path) -> dict[str, Path] | None:
     Languages the archive has no translations for are warned about and left out of the result.
     """
     wanted = list(dict.fromkeys(["en"] + [normalize_lang(lang) for lang in langs]))
+    seed_from_image(dest)
     done = _ddtp_marker(dest)
     if set(wanted) <= set(done.get("requested", [])):
         return {code: dest / name for code, name in done["files"].items() if code in wanted}

@@ -23,7 +23,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -238,9 +237,12 @@ def gc_training_sets(root: Path, *, unused_days: float | None = None, min_age_s:
 # -- linear maps ----------------------------------------------------------------------------------
 
 
+SUMS_BATCH_ROWS = 1 << 16  # ~200 MB of pooled + target per task; every batch sends ~2.4 MB of sums to the driver
+
+
 def _sums_batch(batch: pa.Table) -> pa.Table:
     s = gram_sums(embedding_matrix(batch.column("pooled")), embedding_matrix(batch.column("target")))
-    return pa.table({k: [v.ravel().tolist()] for k, v in s.items()})
+    return pa.table({k: pa.array([v.ravel()], pa.list_(pa.float64())) for k, v in s.items()})
 
 
 @dataclass
@@ -256,11 +258,12 @@ def fit_linear_maps(ts: TrainingSet, cfg: StudentConfig, name: str) -> LinearMap
     # and its training resumes (the resume stamp hashes the head)
     train.context.execution_options.preserve_order = True
     total = None
-    for block in train.map_batches(_sums_batch, batch_size=4096, batch_format="pyarrow").iter_batches(
+    # big batches: the driver receives one set of sums per batch, so few batches keep it flat
+    for block in train.map_batches(_sums_batch, batch_size=SUMS_BATCH_ROWS, batch_format="pyarrow").iter_batches(
         batch_size=None, batch_format="pyarrow"
     ):
-        for row in block.to_pylist():
-            total = add_sums(total, {k: np.asarray(v, np.float64) for k, v in row.items()})
+        for i in range(block.num_rows):  # numpy straight from Arrow: no Python float per entry
+            total = add_sums(total, {k: block.column(k)[i].values.to_numpy() for k in block.column_names})
     d, k = len(total["sx"]), len(total["sy"])
     total = {**total, "n": total["n"].reshape(()), "sxx": total["sxx"].reshape(d, d), "sxy": total["sxy"].reshape(d, k)}
     if cfg.projection == "none" and d != k:

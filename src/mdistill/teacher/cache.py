@@ -201,7 +201,7 @@ class EmbeddingCache:
                 if k in want and k not in found:
                     if vecs is None:
                         vecs = embedding_matrix(t.column(column))
-                    found[k] = vecs[i]
+                    found[k] = vecs[i].copy()  # a view would keep the whole shard's matrix alive
         out = []
         for text in texts:
             k = text_key(text)

@@ -1,8 +1,19 @@
 """Distillation losses, one per file, each citing its source."""
 
+from mdistill.losses.AttentionRelationLoss import AttentionRelationLoss, capture_qkv
 from mdistill.losses.CosineLoss import CosineLoss
 from mdistill.losses.DistillationLoss import DistillationLoss
+from mdistill.losses.HiddenStateLoss import HiddenStateLoss, uniform_layer_map
 from mdistill.losses.KLDivLoss import KLDivLoss
 from mdistill.losses.MSELoss import MSELoss
 
-__all__ = ["CosineLoss", "DistillationLoss", "KLDivLoss", "MSELoss"]
+__all__ = [
+    "AttentionRelationLoss",
+    "CosineLoss",
+    "DistillationLoss",
+    "HiddenStateLoss",
+    "KLDivLoss",
+    "MSELoss",
+    "capture_qkv",
+    "uniform_layer_map",
+]

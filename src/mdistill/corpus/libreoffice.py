@@ -2,7 +2,8 @@
 
 Every help paragraph carries the same id (``par_id…``, ``hd_id…``) in every language, so an
 English paragraph and its translation align exactly by (file, id). The file path names the
-module (swriter, scalc, …), kept in ``source`` as a topic label.
+module (swriter, scalc, …); the corpus keeps it per row in ``origin`` (``libreoffice-help/<path>``),
+which ``mdistill.tasks.help_topics`` turns into a topic label.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def child_mdistill(texts_file: Path, cache_dir: Path, batch_size: int) -> dict:
     teacher = open_teacher(TeacherConfig(model="all-MiniLM-L6-v2", batch_size=batch_size), cache_dir)
     with teacher.cache.lock():
         todo = cache_pass.plan(teacher.cache, cache_pass.Distinct(ray.data.from_items([{"text": t} for t in texts]), len(texts)), None)
-        vectors = todo.rows.map_batches(teacher.predictor, **teacher.pool_args(ray.cluster_resources())) if todo.rows else None
+        vectors = todo.rows.map_batches(teacher.predictor, **teacher.pool_args(ray.nodes())) if todo.rows else None
         st = cache_pass.commit(todo, vectors)
     wall = time.perf_counter() - t0
     ray.shutdown()

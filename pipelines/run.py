@@ -32,6 +32,7 @@ from mdistill.stages.evaluate import student_dev_vectors, teacher_dev_vectors
 from mdistill.stages.export import export
 from mdistill.stages.select import select_data
 from mdistill.stages.teacher import open_teacher
+from mdistill.storage import check_shared
 from mdistill.training.loop import train_loop_per_worker
 
 
@@ -48,6 +49,7 @@ def run(cfg: RunConfig) -> RunReport:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     init_ray(cfg.ray)
+    check_shared({"cache_dir": cfg.cache_path, "output_dir": out})  # several nodes: every one must see both
     specs = cfg.student_specs()
     single = len(specs) == 1  # one student keeps the short names: model/, untrained, linear_map
 
@@ -64,7 +66,7 @@ def run(cfg: RunConfig) -> RunReport:
         teacher = open_teacher(cfg.teacher, cfg.cache_path)
         with teacher.cache.lock():
             todo = cache_pass.plan(teacher.cache, lambda: sentences().filter(expr=col("teacher")), data.fingerprint)
-            vectors = todo.rows.map_batches(teacher.predictor, **teacher.pool_args(ray.cluster_resources())) if todo.rows else None
+            vectors = todo.rows.map_batches(teacher.predictor, **teacher.pool_args(ray.nodes())) if todo.rows else None
             teacher_pass = cache_pass.commit(todo, vectors)
 
     # 3. Students: build each, run its frozen part once over every sentence (cached), join its
@@ -77,7 +79,7 @@ def run(cfg: RunConfig) -> RunReport:
             if ts is None:
                 with s.cache.lock():
                     todo = cache_pass.plan(s.cache, sentences, data.fingerprint)
-                    states = todo.rows.map_batches(s.predictor, **s.pool_args(ray.cluster_resources())) if todo.rows else None
+                    states = todo.rows.map_batches(s.predictor, **s.pool_args(ray.nodes())) if todo.rows else None
                     states_pass = cache_pass.commit(todo, states, commit_rows=1024)  # ~50 KB of states a row
                 ts = student.prepare_training_set(data, teacher.cache, s, cfg.cache_path)
             maps = student.fit_linear_maps(ts, scfg, name)

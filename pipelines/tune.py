@@ -37,6 +37,7 @@ from mdistill.stages import cache_pass, student, train
 from mdistill.stages.corpus import build_corpus
 from mdistill.stages.select import select_data
 from mdistill.stages.teacher import open_teacher
+from mdistill.storage import check_shared
 from mdistill.stages.tune import (
     STARTS_FILE,
     TRIAL_FILE,
@@ -65,6 +66,7 @@ def tune_run(cfg: RunConfig) -> RunReport:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     init_ray(cfg.ray)
+    check_shared({"cache_dir": cfg.cache_path, "output_dir": out})  # several nodes: every one must see both
     base = cfg.model_dump(mode="json")
 
     # 1-2. Corpus, selection and teacher vectors, once for every trial.
@@ -78,7 +80,7 @@ def tune_run(cfg: RunConfig) -> RunReport:
         teacher = open_teacher(cfg.teacher, cfg.cache_path)
         with teacher.cache.lock():
             todo = cache_pass.plan(teacher.cache, lambda: sentences().filter(expr=col("teacher")), data.fingerprint)
-            vectors = todo.rows.map_batches(teacher.predictor, **teacher.pool_args(ray.cluster_resources())) if todo.rows else None
+            vectors = todo.rows.map_batches(teacher.predictor, **teacher.pool_args(ray.nodes())) if todo.rows else None
             teacher_pass = cache_pass.commit(todo, vectors)
 
     # 3. One frozen pass and training set per distinct student shape of the space: trials only train.
@@ -92,7 +94,7 @@ def tune_run(cfg: RunConfig) -> RunReport:
             if ts is None:
                 with s.cache.lock():
                     todo = cache_pass.plan(s.cache, sentences, data.fingerprint)
-                    states = todo.rows.map_batches(s.predictor, **s.pool_args(ray.cluster_resources())) if todo.rows else None
+                    states = todo.rows.map_batches(s.predictor, **s.pool_args(ray.nodes())) if todo.rows else None
                     states_pass = cache_pass.commit(todo, states, commit_rows=1024)  # ~50 KB of states a row
                 ts = student.prepare_training_set(data, teacher.cache, s, cfg.cache_path)
             maps = student.fit_linear_maps(ts, scfg, key)

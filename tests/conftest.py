@@ -72,6 +72,21 @@ def ray_shared():
     ray.shutdown()
 
 
+def terminal_line(config, text: str) -> None:
+    """A line on the terminal even while pytest captures output (``make test`` shows it)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        print(text)
+    else:
+        reporter.write_line(text)
+
+
+@pytest.fixture
+def show(request):
+    """``show(...)``: what a test measured (node ids, counts), printed in the test output."""
+    return lambda *parts: terminal_line(request.config, f"  [{request.node.name}] " + " ".join(str(p) for p in parts))
+
+
 @pytest.fixture(scope="session")
 def pairs() -> pd.DataFrame:
     return fixture_pairs()
@@ -87,7 +102,7 @@ def tiny_models(tmp_path_factory, pairs) -> dict[str, Path]:
     }
 
 
-def teacher_pass(cfg, texts: list[str], cache_dir: Path):
+def teacher_pass(cfg, texts: list[str], cache_dir: Path, *, block_rows: int = 1024, commit_rows: int = 4096):
     """The recipe's teacher stage (``pipelines/run.py``, step 2) on a list of texts: returns the
     teacher cache and the pass's ``CachePass``."""
     import ray
@@ -99,9 +114,9 @@ def teacher_pass(cfg, texts: list[str], cache_dir: Path):
     with teacher.cache.lock():
         # no selection fingerprint: every call plans from the cache's keys (the tests change the texts)
         texts_once = cache_pass.Distinct(ray.data.from_items([{"text": t} for t in texts]), len(texts))
-        todo = cache_pass.plan(teacher.cache, texts_once, None)
-        vectors = todo.rows.map_batches(teacher.predictor, **teacher.pool_args(ray.cluster_resources())) if todo.rows else None
-        return teacher.cache, cache_pass.commit(todo, vectors)
+        todo = cache_pass.plan(teacher.cache, texts_once, None, block_rows=block_rows)
+        vectors = todo.rows.map_batches(teacher.predictor, **teacher.pool_args(ray.nodes())) if todo.rows else None
+        return teacher.cache, cache_pass.commit(todo, vectors, commit_rows=commit_rows)
 
 
 def tiny_run_overrides(tmp_path: Path, tiny_models: dict[str, Path], rows: list[dict]) -> list[str]:

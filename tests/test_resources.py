@@ -30,3 +30,29 @@ def test_concurrent_trainers_share_the_cpus_and_leave_room_for_data():
     assert res == {"CPU": 0.25} and threads == 1
     res, _ = train_worker_resources({"CPU": 2.0}, workers=1, use_gpu=False, concurrent=2)
     assert res["CPU"] * 2 <= 1
+
+
+def test_pool_from_ray_nodes_counts_alive_nodes_only():
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 1.0}},
+        {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0}},
+        {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0}},
+        {"Alive": False, "Resources": {"CPU": 1.0, "GPU": 1.0}},
+    ]
+    p = inference_plan(nodes)
+    # one actor per declared GPU of the alive nodes; half of each GPU node's CPU stays for the data tasks
+    assert (p.size, p.num_gpus, p.num_cpus, p.threads) == (2, 1, 0.5, 1)
+
+
+def test_cpu_actors_fit_on_one_node():
+    # three nodes of 1 CPU: the cluster's total (3) would plan 2-CPU actors no node can host
+    p = inference_plan([{"CPU": 1.0}] * 3)
+    assert (p.size, p.num_cpus, p.threads) == (3, 0.5, 1)
+    p = inference_plan([{"CPU": 2.0}, {"CPU": 2.0}])
+    assert (p.size, p.num_cpus, p.threads) == (2, 1, 2)
+    assert inference_plan([{"CPU": 16.0}] * 2).size == 14
+
+
+def test_train_worker_fits_on_the_largest_node():
+    res, threads = train_worker_resources([{"CPU": 1.0}] * 4, workers=1, use_gpu=False)
+    assert res == {"CPU": 1.0} and threads == 1  # not 3 CPUs: no node has them

@@ -1,6 +1,8 @@
-"""`mdistill submit` against a real Ray head (`ray start --head` on 127.0.0.1, token auth on):
-a tiny distillation (tiny random-init models, the small real corpus fixture) runs as a Ray job,
-finishes SUCCEEDED, its logs hold the run's report, and the head is stopped (only its own
+"""`mdistill submit` against a real Ray cluster of three nodes (`ray start --head` on 127.0.0.1
+with 1 CPU, token auth on, and two `ray start --address` worker nodes of 1 CPU + a declared GPU
+each): a tiny distillation (tiny random-init models, the small real corpus fixture) runs as a Ray
+job, with its teacher actors off the driver's node and its training workers on two nodes,
+finishes SUCCEEDED, its logs hold the run's report, and the cluster is stopped (only its own
 processes: `ray stop` would end every Ray process of the user on this host)."""
 
 from __future__ import annotations
@@ -71,13 +73,52 @@ def stop_head(temp_dir: str, sid: int) -> None:
             pass
 
 
+def kill_session(sid: int) -> int:
+    """SIGKILL every process of one session (a worker node started by `ray start` in its own
+    session: its raylet and every worker it spawned), as a machine lost. Returns how many."""
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(p.pid) == sid and p.pid != os.getpid():
+                procs.append(p)
+        except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+            continue
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=15)
+    return len(procs)
+
+
+class RayCluster:
+    """The head's address and token, and its worker nodes by session id."""
+
+    def __init__(self, cmd: list[str], env: dict, gcs: int, **info):
+        self.cmd, self.env, self.gcs, self.nodes = cmd, env, gcs, []
+        self.__dict__.update(info)
+
+    def join(self) -> int:
+        """Start a worker node (1 CPU, a declared GPU) in its own session; returns the session id."""
+        join = [self.cmd[0], "start", f"--address=127.0.0.1:{self.gcs}", "--num-cpus=1", "--num-gpus=1", "--disable-usage-stats"]
+        node = subprocess.Popen(join, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.nodes.append(node.pid)
+        out, _ = node.communicate(timeout=120)
+        assert node.returncode == 0, out
+        return node.pid
+
+
 @pytest.fixture
 def ray_head():
-    """A Ray head of our own: own temp dir (short: Ray's unix socket paths are length-limited),
-    own ports, token auth with a fresh token, dashboard/Jobs API on 127.0.0.1 only."""
+    """A Ray cluster of our own: a head with its own temp dir (short: Ray's unix socket paths are
+    length-limited), own ports, token auth with a fresh token, dashboard/Jobs API on 127.0.0.1
+    only; and two worker nodes joining it."""
     temp_dir = tempfile.mkdtemp(prefix="mdray", dir="/tmp")
     token = secrets.token_hex(16)
-    dash = free_port()
+    dash, gcs = free_port(), free_port()
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # the job's `mdistill` is the venv's
@@ -91,9 +132,9 @@ def ray_head():
         "--head",
         "--node-ip-address=127.0.0.1",
         "--dashboard-host=127.0.0.1",
-        "--num-cpus=2",
+        "--num-cpus=1",
         f"--temp-dir={temp_dir}",
-        f"--port={free_port()}",
+        f"--port={gcs}",
         f"--dashboard-port={dash}",
         f"--ray-client-server-port={free_port()}",
         f"--dashboard-agent-listen-port={free_port()}",
@@ -102,11 +143,16 @@ def ray_head():
     # its own session: everything it spawns can be found (and ended) by session id
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     sid = proc.pid
+    cluster = RayCluster(cmd, env, gcs, address=f"http://127.0.0.1:{dash}", dashboard_port=dash, token=token, temp_dir=temp_dir, sid=sid)
     try:
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out
-        yield {"address": f"http://127.0.0.1:{dash}", "dashboard_port": dash, "token": token, "temp_dir": temp_dir}
+        for _ in range(2):
+            cluster.join()
+        yield cluster
     finally:
+        for node_sid in cluster.nodes:
+            kill_session(node_sid)
         stop_head(temp_dir, sid)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
@@ -117,12 +163,27 @@ def _listen_addresses(port: int) -> set[str]:
     return {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
 
 
+def _kill_a_training_node(cluster: RayCluster) -> int | None:
+    """Kill the worker node (by session) that runs a Ray Train worker; None if none does yet."""
+    import psutil
+
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and (sid := os.getsid(p.pid)) in cluster.nodes:
+                kill_session(sid)
+                cluster.nodes.remove(sid)
+                return sid
+        except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+            continue
+    return None
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(900)
-def test_submit_tiny_distillation(tmp_path, ray_head, tiny_models, pairs, monkeypatch):
-    address = ray_head["address"]
+def test_submit_tiny_distillation(tmp_path, ray_head, tiny_models, pairs, monkeypatch, show):
+    address = ray_head.address
     # security defaults: the Jobs API is on loopback only, and refuses a request without the token
-    assert _listen_addresses(ray_head["dashboard_port"]) == {"127.0.0.1"}
+    assert _listen_addresses(ray_head.dashboard_port) == {"127.0.0.1"}
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{address}/api/jobs/", timeout=10)
     assert refused.value.code in (401, 403)
@@ -131,13 +192,16 @@ def test_submit_tiny_distillation(tmp_path, ray_head, tiny_models, pairs, monkey
     overrides = [
         *tiny_run_overrides(tmp_path, tiny_models, pairs.to_dict("records")),
         "student.train_layers=2",
-        "train.epochs=1",
-        "train.max_steps=8",
+        "train.epochs=2",
+        "train.max_steps=12",
         "train.bucket_rows=64",
+        "train.placement_strategy=SPREAD",  # the two workers on two nodes
+        "train.checkpoint_every=2",
+        "train.max_failures=2",
     ]
     # the client gets the token the way a user's shell would: RAY_AUTH_TOKEN (no RAY_AUTH_MODE needed)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_AUTH_TOKEN=ray_head["token"], HF_HUB_OFFLINE="1")
+    env.update(RAY_AUTH_TOKEN=ray_head.token, HF_HUB_OFFLINE="1")
     mdistill = str(Path(sys.executable).parent / "mdistill")
 
     t0 = time.time()
@@ -158,12 +222,26 @@ def test_submit_tiny_distillation(tmp_path, ray_head, tiny_models, pairs, monkey
         assert r.returncode == 0, r.stderr[-3000:]
         return r.stdout
 
+    # mid-training, a worker node is lost (the one a training worker runs on; never the head),
+    # then capacity returns: the worker group restarts from the registered checkpoint
+    snapshot = out / "ray_train" / "student" / "checkpoint_manager_snapshot.json"
+    killed = None
+    while time.time() - t0 < 600 and killed is None:
+        if "checkpoint_" in (snapshot.read_text() if snapshot.exists() else ""):
+            killed = _kill_a_training_node(ray_head)
+        elif cli("status", job_id).strip() not in ("PENDING", "RUNNING"):
+            break
+        time.sleep(0.2)
+    show(f"killed the worker node of session {killed} after the first registered checkpoint")
+    time.sleep(5)
+    ray_head.join()
+
     status = cli("status", job_id).strip()
     while status in ("PENDING", "RUNNING") and time.time() - t0 < 780:
         time.sleep(5)
         status = cli("status", job_id).strip()
     logs = cli("logs", job_id)
-    print(f"job {job_id}: {status} after {time.time() - t0:.0f} s")
+    show(f"job {job_id}: {status} after {time.time() - t0:.0f} s")
     assert status == "SUCCEEDED", logs[-5000:]
 
     # the logs hold the run's progress lines and its report table; the report and model exist
@@ -174,13 +252,22 @@ def test_submit_tiny_distillation(tmp_path, ray_head, tiny_models, pairs, monkey
     assert job_id in cli("list")
     export_paths = [s["export"]["path"] for s in report["students"].values()]
     assert all(Path(p, "modules.json").exists() for p in export_paths)
+    # on more than one node: the teacher pool on the declared-GPU nodes (the head has none; the
+    # job's driver runs there and its tasks write the cache), the two training workers spread
+    teacher, workers = report["teacher_cache"], report["students"]["student"]["logs"]["worker_nodes"]
+    show("teacher rows by node:", teacher["computed_by_node"], "written on:", teacher["written_on"], "workers on:", workers)
+    assert teacher["computed_by_node"] and set(teacher["computed_by_node"]).isdisjoint(teacher["written_on"])
+    assert len(workers) == 2 and len(set(workers)) == 2
+    resumed = report["students"]["student"]["logs"]["resumed_at"]
+    show("resumed at steps", resumed)
+    assert killed is not None and resumed and resumed[0] >= 2  # from the checkpoint, not from scratch
 
     # the scheduler's Ray backend on the same head: an unknown id is None (never submitted), and an
     # id that exists is refused, which is what makes a restarted scheduler's re-submission safe
     from mdistill.config import JobConfig
     from mdistill.scheduler import RayJobsBackend
 
-    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_head["token"])
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_head.token)
     backend = RayJobsBackend(JobConfig(code="installed"), address)
     assert backend.status(job_id) == "SUCCEEDED"
     assert backend.status("mdistill-never-submitted") is None

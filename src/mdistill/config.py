@@ -191,6 +191,7 @@ class TrainConfig(_Strict):
     loss: Literal["mse", "cosine"] = "mse"  # embedding distillation loss (mdistill.losses)
     workers: int = Field(2, ge=1)
     use_gpu: bool = False  # one GPU per worker, nccl, bf16
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # workers over nodes (Ray placement group)
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     zero_stage: Literal[0, 1, 2, 3] = 2  # deepspeed only: 1 shards optimizer states, 2 + gradients, 3 + parameters
     grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step

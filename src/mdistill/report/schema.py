@@ -47,6 +47,8 @@ class CachePass(_Model):
     computed: int
     seconds: float
     corrupt_shards: list[str] = []
+    computed_by_node: dict[str, int] = {}  # Ray node id -> rows computed there ("": outside Ray)
+    written_on: list[str] = []  # the node(s) whose tasks wrote the shards: the driver's
 
 
 class Counts(_Model):
@@ -108,6 +110,7 @@ class TrainLogs(_Model):
     steps: list[StepRecord] = []
     dev: list[DevRecord] = []
     resumed_at: list[int] = []  # the optimizer step a restarted worker group or a re-run resumed at
+    worker_nodes: list[str] = []  # the Ray node of each rank (by rank) in the last worker group
 
 
 class ExportCheck(_Model):

@@ -6,6 +6,10 @@ the driver's memory:
     out = todo.rows.map_batches(Predictor, **pool_args(...)) if todo.rows else None   # in the recipe: an actor pool
     stats = commit(todo, out)                  # shards streamed back, committed atomically
 
+On a cluster the pool spreads over every node (one actor per GPU, wherever the GPUs are) and the
+shards are written by tasks pinned to the driver's node: a cache on the driver's disk is whole
+whichever nodes computed it, and the pass counts the rows each node computed.
+
 The driver holds one commit's worth of outputs at a time (``commit_rows``); a pass killed midway
 keeps every committed shard, and the next pass computes only the rest. A finished pass records
 that the cache covers its selection (``<cache>/covers/<selection>.json``, listing the shards that
@@ -26,16 +30,19 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mdistill.report.schema import CachePass
-from mdistill.resources import inference_plan
+from mdistill.resources import Nodes, inference_plan
 from mdistill.teacher.cache import EmbeddingCache, text_key
+from mdistill.teacher.predictor import NODE
 
 
-def pool_args(predictor_kwargs: dict, batch_rows: int, resources: dict, max_actors: int | None = None) -> dict:
-    """``map_batches`` arguments of an actor pool sized to the cluster (``resources.inference_plan``):
-    one actor per GPU (``num_gpus=1``), or CPU actors that leave room for the read tasks."""
-    p = inference_plan(resources, max_actors=max_actors)
+def pool_args(predictor_kwargs: dict, batch_rows: int, nodes: Nodes, max_actors: int | None = None) -> dict:
+    """``map_batches`` arguments of an actor pool sized to the cluster, node by node
+    (``ray.nodes()``; ``resources.inference_plan``): one actor per GPU (``num_gpus=1``), or CPU
+    actors that leave room for the read tasks."""
+    p = inference_plan(nodes, max_actors=max_actors)
     return dict(
         fn_constructor_kwargs={**predictor_kwargs, "threads": p.threads},
         batch_size=batch_rows,
@@ -163,17 +170,24 @@ def plan(cache: EmbeddingCache, texts: Callable[[], ray.data.Dataset], selection
 
 def _write_shard(batch: pa.Table, root: str, fingerprint: str) -> pa.Table:
     """A Ray Data task: one batch of outputs as one cache shard (temporary name, then rename: a
-    killed pass leaves whole shards only). Returns just the row count, so the outputs never pass
-    through the driver."""
+    killed pass leaves whole shards only). Returns just the rows per computing node and the node
+    that wrote them, so the outputs never pass through the driver."""
+    if NODE in batch.column_names:
+        counts = pc.value_counts(batch.column(NODE))
+        producers, rows = counts.field("values"), counts.field("counts").cast(pa.int64())
+        batch = batch.drop_columns([NODE])
+    else:
+        producers, rows = pa.array([""], pa.string()), pa.array([batch.num_rows], pa.int64())
     EmbeddingCache(root, fingerprint).write_table(batch)
-    return pa.table({"rows": pa.array([batch.num_rows], pa.int64())})
+    writer = ray.get_runtime_context().get_node_id()
+    return pa.table({"producer": producers, "rows": rows, "writer": pa.array([writer] * len(rows), pa.string())})
 
 
 def commit(todo: Todo, outputs: ray.data.Dataset | None, *, commit_rows: int = 4096) -> CachePass:
     """Write ``outputs`` (``key`` + model outputs) to the cache as shards of about ``commit_rows``
     (by Ray Data tasks, as the outputs come), then record that the cache covers the selection."""
     cache = todo.cache
-    computed = 0
+    computed, by_node, writers = 0, {}, set()
     if outputs is not None:
         written = outputs.map_batches(
             _write_shard,
@@ -181,10 +195,15 @@ def commit(todo: Todo, outputs: ray.data.Dataset | None, *, commit_rows: int = 4
             batch_size=commit_rows,
             batch_format="pyarrow",
             num_cpus=0.25,  # I/O: must not wait for the CPUs the actor pool holds
+            # the cache is this process's: on a cluster its disk may be the driver node's alone
+            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
         )
         cache.dir.mkdir(parents=True, exist_ok=True)
         for b in written.iter_batches(batch_size=None, batch_format="pyarrow"):
-            computed += int(pc.sum(b.column("rows")).as_py() or 0)
+            for producer, rows, writer in zip(*(b.column(c).to_pylist() for c in ("producer", "rows", "writer"))):
+                computed += rows
+                by_node[producer] = by_node.get(producer, 0) + rows
+                writers.add(writer)
     if todo.selection is not None and todo.needed is not None:
         f = _covers_file(cache, todo.selection)
         f.parent.mkdir(exist_ok=True)
@@ -198,4 +217,6 @@ def commit(todo: Todo, outputs: ray.data.Dataset | None, *, commit_rows: int = 4
         computed=computed,
         seconds=round(time.time() - todo.t0, 2),
         corrupt_shards=[str(p) for p in cache.corrupt],
+        computed_by_node=by_node,
+        written_on=sorted(writers),
     )

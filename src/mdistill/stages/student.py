@@ -32,6 +32,7 @@ from mdistill.config import StudentConfig
 from mdistill.log import get_logger
 from mdistill.models.split import add_sums, gram_sums, lstsq_from_sums
 from mdistill.models.st_format import default_prompt_of, num_layers
+from mdistill.resources import Nodes
 from mdistill.stages.cache_pass import join_files, pool_args
 from mdistill.stages.select import Selection
 from mdistill.teacher.cache import EmbeddingCache, embedding_matrix, model_fingerprint
@@ -54,8 +55,8 @@ class Student:
     batch_rows: int
     predictor: type = BottomStatesPredictor
 
-    def pool_args(self, resources: dict) -> dict:
-        return pool_args(self.kwargs, self.batch_rows, resources)
+    def pool_args(self, nodes: Nodes) -> dict:
+        return pool_args(self.kwargs, self.batch_rows, nodes)
 
     @property
     def full_finetune(self) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mdistill.assets import resolve_model
 from mdistill.config import TeacherConfig
+from mdistill.resources import Nodes
 from mdistill.stages.cache_pass import pool_args
 from mdistill.teacher.cache import EmbeddingCache, model_fingerprint
 from mdistill.teacher.predictor import LogitsPredictor, TeacherPredictor
@@ -36,8 +37,8 @@ class Teacher:
     batch_rows: int  # rows per map_batches call (the actor batches them again by token count)
     num_actors: int | None = None  # None: one per GPU, or CPU actors sized to the machine
 
-    def pool_args(self, resources: dict) -> dict:
-        return pool_args(self.kwargs, self.batch_rows, resources, self.num_actors)
+    def pool_args(self, nodes: Nodes) -> dict:
+        return pool_args(self.kwargs, self.batch_rows, nodes, self.num_actors)
 
 
 def teacher_settings(cfg: TeacherConfig) -> dict:

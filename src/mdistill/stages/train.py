@@ -62,8 +62,11 @@ def loop_config(student: Student, ts: TrainingSet, train: TrainConfig, *, seed: 
 def scaling(train: TrainConfig, concurrent: int = 1) -> tuple[ray.train.ScalingConfig, int]:
     """Workers sized so that ``concurrent`` trainers plus the Ray Data tasks feeding them fit the
     cluster (on 2 CPUs, wrong sizes hang rather than fail); and torch threads per worker."""
-    resources, threads = train_worker_resources(ray.cluster_resources(), train.workers, train.use_gpu, concurrent=concurrent)
-    return ray.train.ScalingConfig(num_workers=train.workers, use_gpu=train.use_gpu, resources_per_worker=resources), threads
+    resources, threads = train_worker_resources(ray.nodes(), train.workers, train.use_gpu, concurrent=concurrent)
+    config = ray.train.ScalingConfig(
+        num_workers=train.workers, use_gpu=train.use_gpu, resources_per_worker=resources, placement_strategy=train.placement_strategy
+    )
+    return config, threads
 
 
 def run_config(name: str, storage: Path, train: TrainConfig, callbacks: list | None = None) -> ray.train.RunConfig:

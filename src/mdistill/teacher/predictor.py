@@ -7,6 +7,8 @@ Arrow types that any reader understands.
 
 from __future__ import annotations
 
+import sys
+
 import pyarrow as pa
 import torch
 
@@ -17,6 +19,20 @@ from mdistill.teacher.cache import embeddings_table, text_key
 def _threads(n: int | None) -> None:
     if n and not torch.cuda.is_available():
         torch.set_num_threads(n)
+
+
+NODE = "node"  # the Ray node that computed a row: counted by the pass, never written to the cache
+
+
+def _node_id() -> str | None:
+    """The Ray node this actor runs on; None outside Ray (the kernels run without it, e.g. on a
+    GPU machine with no Ray installed), so this module never imports Ray itself."""
+    ray = sys.modules.get("ray")
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
+
+
+def _tagged(out: pa.Table, node: str | None) -> pa.Table:
+    return out if node is None else out.append_column(NODE, pa.array([node] * out.num_rows, pa.string()))
 
 
 def _keys(batch: pa.Table, texts: list[str]) -> list[str]:
@@ -31,13 +47,14 @@ class TeacherPredictor:
         self, model: str, max_seq_length: int, batch_size: int, prompt: str = "", dtype: str = "float32", threads: int | None = None
     ):
         _threads(threads)
+        self.node = _node_id()
         self.model = load_sentence_transformer(model, max_seq_length=max_seq_length)
         self.batch_size, self.prompt, self.dtype = batch_size, prompt, dtype
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch.column("text").to_pylist()
         emb = encode_batch(self.model, texts, batch_size=self.batch_size, prompt=self.prompt)
-        return embeddings_table(_keys(batch, texts), emb, self.dtype)
+        return _tagged(embeddings_table(_keys(batch, texts), emb, self.dtype), self.node)
 
 
 class LogitsPredictor:
@@ -50,6 +67,7 @@ class LogitsPredictor:
         from mdistill.encode import load_classifier
 
         _threads(threads)
+        self.node = _node_id()
         self.model, self.tokenizer = load_classifier(model)
         self.max_seq_length, self.batch_size, self.prompt = max_seq_length, batch_size, prompt
 
@@ -60,7 +78,7 @@ class LogitsPredictor:
         logits = classify_batch(
             self.model, self.tokenizer, texts, batch_size=self.batch_size, max_seq_length=self.max_seq_length, prompt=self.prompt
         )
-        return embeddings_table(_keys(batch, texts), logits).rename_columns(["key", "logits"])
+        return _tagged(embeddings_table(_keys(batch, texts), logits).rename_columns(["key", "logits"]), self.node)
 
 
 class BottomStatesPredictor:
@@ -80,6 +98,7 @@ class BottomStatesPredictor:
         threads: int | None = None,
     ):
         _threads(threads)
+        self.node = _node_id()
         self.model = load_sentence_transformer(model, max_seq_length=max_seq_length)
         self.frozen_layers, self.batch_size, self.prompt, self.keep_states = frozen_layers, batch_size, prompt, keep_states
 
@@ -89,10 +108,10 @@ class BottomStatesPredictor:
         texts = batch.column("text").to_pylist()
         states, pooled = bottom_states(self.model, texts, self.frozen_layers, prompt=self.prompt, batch_size=self.batch_size)
         out = embeddings_table(_keys(batch, texts), pooled).rename_columns(["key", "pooled"])
-        if not self.keep_states:
-            return out
-        return (
-            out.append_column("hidden", pa.array([s.tobytes() for s in states], pa.binary()))
-            .append_column("length", pa.array([s.shape[0] for s in states], pa.int32()))
-            .append_column("dim", pa.array([s.shape[1] for s in states], pa.int32()))
-        )
+        if self.keep_states:
+            out = (
+                out.append_column("hidden", pa.array([s.tobytes() for s in states], pa.binary()))
+                .append_column("length", pa.array([s.shape[0] for s in states], pa.int32()))
+                .append_column("dim", pa.array([s.shape[1] for s in states], pa.int32()))
+            )
+        return _tagged(out, self.node)

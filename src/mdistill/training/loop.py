@@ -320,9 +320,22 @@ class DistillLoop:
 
     # -- the whole loop -------------------------------------------------------------------------
 
+    def record_nodes(self) -> None:
+        """Where each rank runs (the report shows how the workers spread over the nodes)."""
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        nodes = [node] * self.world
+        if self.world > 1:
+            torch.distributed.all_gather_object(nodes, node)
+        self.logs.worker_nodes = nodes
+        if self.rank == 0:
+            log.info("workers on nodes %s", ", ".join(f"rank {r}: {n[:8]}" for r, n in enumerate(nodes)))
+
     def run(self) -> None:
         self.setup()
         self.resume()
+        self.record_nodes()
         if self.micro >= self.total_micro:  # a finished run re-run: report its final checkpoint again
             last = self.logs.history[-1] if self.logs.history else None
             self.save_and_report(last.model_dump() if last else {}, final=True)

@@ -2,7 +2,9 @@
 
 On each tick (cron or interval): a run in flight is followed to its end; a failed one is retried
 with backoff; when a schedule time is due and the corpus, the teacher or the settings changed
-since the last finished run, ``mdistill run`` is submitted (Ray Jobs API, or a local process),
+since the last finished run, or the Debian archive has a new version of a package or DDTP index the
+corpus reads (``mdistill.corpus.upstream``: checked against private apt lists, the cached part is
+refreshed first), ``mdistill run`` is submitted (Ray Jobs API, or a local process),
 and the finished run's students are registered with the registry's promotion gate. The teacher
 cache makes each new run pay only for new sentences. See ``mdistill.redistill.Scheduler``.
 """

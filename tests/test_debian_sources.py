@@ -272,3 +272,24 @@ def test_prefetch_debian_fails_when_a_part_was_not_fetched(tmp_path, monkeypatch
         assets.prefetch_debian(config, tmp_path / "cache")
     config.write_text("name: c\ncorpus:\n  langs: [de]\n  sources: [{format: debian, parts: [libreoffice, gettext]}]\n")
     assert assets.prefetch_debian(config, tmp_path / "cache") == (tmp_path / "cache" / "debian").resolve()
+
+
+def test_ddtp_identity_holds_the_recorded_versions(tmp_path):
+    """A Translation edit that keeps the file size is another corpus once versions are recorded;
+    a cache without them (fetched before) keeps the identity it had (no rebuild)."""
+    from mdistill.config import SourceConfig
+    from mdistill.stages.corpus import debian_units
+
+    ddtp = tmp_path / "debian" / "ddtp"
+    ddtp.mkdir(parents=True)
+    (ddtp / "Translation-en").write_text(EN)
+    (ddtp / "Translation-de").write_text(DE)
+    marker = {"requested": ["en", "de"], "files": {"en": "Translation-en", "de": "Translation-de"}}
+    src = SourceConfig(format="debian", parts=["ddtp"])
+    identities = []
+    for versions in (None, {"en": "1111", "de": "2222"}, {"en": "1111", "de": "3333"}):
+        (ddtp / "ddtp.json").write_text(json.dumps(marker | ({"versions": versions} if versions else {})))
+        identities.append(debian_units(src, ["de"], tmp_path)[1])
+    sizes = [[str(ddtp / "Translation-en"), len(EN)], [str(ddtp / "Translation-de"), len(DE.encode())]]
+    assert identities[0] == json.dumps(sizes)  # as before versions were recorded
+    assert len(set(identities)) == 3 and '"de": "3333"' in identities[2]

@@ -5,7 +5,9 @@ run` that writes a run directory (exported tiny model + report.json with a chose
 Covered: ticks without changes submit nothing; a corpus change submits exactly one job; a restart
 after a submission (also a crash between "intent recorded" and "submitted") submits nothing again;
 a failed job is recorded and retried per policy; a worse student is registered, not promoted; a
-tick missed while the scheduler was down runs once on restart."""
+tick missed while the scheduler was down runs once on restart; a new upstream Debian version (the
+check itself is tests/test_upstream_versions.py) submits a run named in the state and the tick's
+report, and a failed check falls back to the fingerprints."""
 
 from __future__ import annotations
 
@@ -86,7 +88,7 @@ class Env:
     def backend(self) -> LocalProcessBackend:
         return LocalProcessBackend(self.tmp / "state" / "jobs", cwd=REPO)
 
-    def scheduler(self, backend=None) -> Scheduler:
+    def scheduler(self, backend=None, **kw) -> Scheduler:
         """A new scheduler object on the same state dir: what a restart gives."""
         return Scheduler(
             self.cfg,
@@ -95,6 +97,7 @@ class Env:
             clock=self.clock,
             make_entrypoint=self.entrypoint,
             log=print,
+            **kw,
         )
 
     def jobs(self) -> list[str]:
@@ -435,3 +438,100 @@ def test_schedule_command_reports_a_corrupt_state_in_one_line(env, tmp_path):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2 and f"error: {state}: corrupt JSON at line 1 column 3" in r.output, r.output
     assert "Traceback" not in r.output
+
+
+GIT = {"part": "gettext", "name": "git", "kind": "changed", "old": "1:2.39.2-1.1", "new": "1:2.39.5-0+deb12u3"}
+
+
+class FakeUpstream:
+    """The upstream check as the scheduler sees it (corpus.upstream.check_upstream's result): each
+    call answers the next of ``answers`` (then the last again) and records where its apt lists go."""
+
+    def __init__(self, *answers: dict):
+        self.answers, self.apt_dirs = list(answers), []
+
+    def __call__(self, cfg, apt_dir, log):
+        self.apt_dirs.append(apt_dir)
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def checked(*applied: dict, changes: list | None = None) -> dict:
+    parts = sorted({c["part"] for c in applied})
+    return {
+        "ok": True,
+        "error": None,
+        "changes": changes or list(applied),
+        "applied": list(applied),
+        "refreshed": parts,
+        "refresh_errors": {},
+    }
+
+
+def test_a_new_upstream_version_submits_a_run_that_names_it(env):
+    up = FakeUpstream(checked(), checked(GIT), checked())
+    s = env.scheduler(upstream=up)
+    assert s.tick()["action"] == "submitted"  # the baseline run
+    follow(s)
+    env.clock.t += HOUR
+    ev = s.tick()  # the corpus files and the teacher are as before: only the archive changed
+    assert ev["action"] == "submitted" and ev["reason"] == "changed: upstream (upstream: git 1:2.39.2-1.1 -> 1:2.39.5-0+deb12u3)"
+    assert ev["upstream"]["changes"] == ["git 1:2.39.2-1.1 -> 1:2.39.5-0+deb12u3"] and ev["upstream"]["refreshed"] == ["gettext"]
+    state = s.state()
+    assert state["runs"][-1]["upstream"] == [GIT] and state["upstream_pending"] == []
+    assert state["upstream"]["applied"] == [GIT] and state["upstream"]["at"].startswith("2026-01-01T01:00")
+    assert up.apt_dirs[-1] == env.tmp / "state" / "apt"  # private lists, in the scheduler's state dir
+    follow(s)
+    env.clock.t += HOUR
+    assert s.tick()["action"] == "unchanged" and len(env.jobs()) == 2
+
+
+def test_a_change_not_applied_to_the_cache_does_not_submit(env):
+    """The check saw a new version but could not refresh the cache: a run would build the old corpus."""
+    s = env.scheduler(upstream=FakeUpstream(checked(), {**checked(), "changes": [GIT], "refresh_errors": {"gettext": "download failed"}}))
+    s.tick()
+    follow(s)
+    env.clock.t += HOUR
+    ev = s.tick()
+    assert ev["action"] == "unchanged" and ev["upstream"]["changes"] == ["git 1:2.39.2-1.1 -> 1:2.39.5-0+deb12u3"]
+    assert s.state()["ticks"][-1]["what"].endswith("gettext not refreshed: download failed")
+
+
+def test_a_failed_upstream_check_warns_and_decides_on_the_fingerprints(env, monkeypatch):
+    """The real check (no apt here: shutil.which finds nothing) through the tick: no crash, a warning
+    naming the reason, the tick decides as before; the corpus change is still seen."""
+    from mdistill.config import SourceConfig
+    from mdistill.corpus import upstream
+
+    monkeypatch.setattr(upstream.shutil, "which", lambda name: None)
+    debian_src = [SourceConfig(format="debian", parts=["gettext"])]
+    logs: list[str] = []
+    s = env.scheduler(upstream=lambda cfg, apt_dir, log: upstream.check_upstream(debian_src, ["de"], env.tmp / "cache", apt_dir, log))
+    s.log = logs.append
+    assert s.tick()["action"] == "submitted"
+    follow(s)
+    env.clock.t += HOUR
+    ev = s.tick()
+    assert ev["action"] == "unchanged" and ev["upstream"]["ok"] is False and "apt-get is not available" in ev["upstream"]["error"]
+    assert any(line.startswith("warning: the Debian sources' upstream versions could not be checked (apt-get") for line in logs)
+    assert s.state()["upstream"]["ok"] is False and "upstream check failed: apt-get" in s.state()["ticks"][-1]["what"]
+    env.change_corpus()
+    env.clock.t += HOUR
+    assert s.tick()["action"] == "submitted"
+
+
+def test_upstream_changes_survive_a_crash_between_the_refresh_and_the_submission(env):
+    s = env.scheduler(upstream=FakeUpstream(checked()))
+    s.tick()
+    follow(s)
+
+    def crash(cfg):
+        raise Crash
+
+    env.clock.t += HOUR
+    with pytest.raises(Crash):  # the cache was refreshed, then the process died
+        env.scheduler(upstream=FakeUpstream(checked(GIT)), fingerprint=crash).tick()
+    assert env.scheduler().state()["upstream_pending"] == [GIT]
+    s = env.scheduler(upstream=FakeUpstream(checked()))  # restart: the archive and the cache agree now
+    ev = s.tick()
+    assert ev["action"] == "submitted" and "git 1:2.39.2-1.1 -> 1:2.39.5-0+deb12u3" in ev["reason"]
+    assert s.state()["runs"][-1]["upstream"] == [GIT]

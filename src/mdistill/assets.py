@@ -36,7 +36,7 @@ def resolve_model(name: str, cache_dir: Path) -> str:
 
 def debian_help_root(langs: list[str], cache_dir: Path) -> Path:
     """Download and unpack ``libreoffice-help-*`` for en + ``langs`` (no install, no root)."""
-    from mdistill.corpus.debian import seed_from_image
+    from mdistill.corpus.debian import help_package, seed_from_image
     from mdistill.corpus.libreoffice import help_lang_dir
 
     root = cache_dir / "debian" / "libreoffice-help"
@@ -50,7 +50,7 @@ def debian_help_root(langs: list[str], cache_dir: Path) -> Path:
         raise RuntimeError(
             "building the LibreOffice corpus needs apt-get (Debian/Ubuntu); point corpus.sources at your own files (tsv, csv, jsonl, parquet, hf, tmx, po, mo) instead"
         )
-    pkgs = ["libreoffice-help-" + help_lang_dir(lang).lower() for lang in missing]
+    pkgs = [help_package(lang) for lang in missing]
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         r = subprocess.run(["apt-get", "download", *pkgs], cwd=tmp, capture_output=True, text=True)

@@ -321,7 +321,8 @@ class JobConfig(_Strict):
 
 class ScheduleConfig(_Strict):
     """Periodic re-distillation (``mdistill schedule``): on each tick, fingerprint the corpus and
-    the teacher, submit a run when something changed, and register the student with the gate."""
+    the teacher (and ask the Debian archive for new versions of a ``format: debian`` source's inputs),
+    submit a run when something changed, and register the student with the gate."""
 
     cron: str | None = None  # 5-field cron, UTC, e.g. "0 3 * * *"
     interval_s: float | None = Field(None, gt=0)

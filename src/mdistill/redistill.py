@@ -8,8 +8,12 @@
    a succeeded run not registered yet (registry unreachable, ...) is retried on every tick;
 2. a failed run with retries left and its backoff over? submit the next attempt;
 3. a schedule time due (cron or interval; any number of missed times count as one) or forced?
-4. fingerprint the corpus inputs, the teacher and the run settings; unchanged since the last
-   finished run and not forced: record the tick and stop;
+4. a ``format: debian`` source? ask the archive for the versions of its packages and DDTP
+   Translation files (private apt lists, ``mdistill.corpus.upstream``); a changed or new one
+   refreshes that part of the cache and is a trigger. A failed check (no network, no apt) is a
+   warning: the tick decides on the cached versions, as before the check existed;
+   then fingerprint the corpus inputs, the teacher and the run settings; unchanged since the last
+   finished run, no upstream change and not forced: record the tick and stop;
 5. record the run's intent (deterministic submission id) -> submit -> record it submitted.
    The teacher cache makes the new run pay only for new sentences.
 
@@ -46,6 +50,7 @@ FINAL = ("done", "failed")
 REGISTER_PENDING = "register_pending"
 FINISHED = (*FINAL, REGISTER_PENDING)
 MAX_TICK_LOG = 200
+MAX_REASON_CHANGES = 5  # upstream changes named in a run's reason (all of them are in run["upstream"])
 
 
 def fingerprints(cfg: RunConfig) -> dict[str, str]:
@@ -68,6 +73,38 @@ def fingerprints(cfg: RunConfig) -> dict[str, str]:
     }
 
 
+def debian_upstream(cfg: RunConfig, apt_dir: Path, log: Callable[[str], None]) -> dict | None:
+    """The upstream check of the config's ``format: debian`` sources (``corpus.upstream.check_upstream``):
+    None without one; never raises (a failed check is ``ok: False`` with the reason)."""
+    from mdistill.corpus.upstream import check_upstream
+
+    return check_upstream(cfg.corpus.sources, cfg.corpus.langs, cfg.cache_path, apt_dir, log)
+
+
+def upstream_event(up: dict) -> dict:
+    """The upstream check as a tick reports it (``schedule --once`` prints it): changes as log lines."""
+    from mdistill.corpus.upstream import describe
+
+    return {"ok": up["ok"], "error": up["error"], "changes": [describe(c) for c in up["changes"]], "refreshed": up["refreshed"]}
+
+
+def upstream_summary(up: dict | None, pending: list[dict]) -> str:
+    """The upstream changes a run is for and what the check could not do, for the tick log and a
+    run's reason ("" when nothing to say)."""
+    from mdistill.corpus.upstream import describe
+
+    said = []
+    if pending:
+        lines = [describe(c) for c in pending]
+        more = len(lines) - MAX_REASON_CHANGES
+        said.append("upstream: " + "; ".join(lines[:MAX_REASON_CHANGES]) + (f"; +{more} more" if more > 0 else ""))
+    if up is not None and not up["ok"]:
+        said.append(f"upstream check failed: {up['error']}")
+    if up is not None:
+        said += [f"{part} not refreshed: {why}" for part, why in up["refresh_errors"].items()]
+    return "; ".join(said)
+
+
 def default_backend(cfg: RunConfig, state_dir: Path) -> JobBackend:
     """The cluster's Jobs API when an address is configured, else local subprocesses."""
     address = cfg.schedule.address or cfg.job.address
@@ -88,6 +125,7 @@ class Scheduler:
         state_dir: str | Path | None = None,
         make_entrypoint: Callable[[str, Path], str] | None = None,
         fingerprint: Callable[[RunConfig], dict[str, str]] = fingerprints,
+        upstream: Callable[[RunConfig, Path, Callable[[str], None]], dict | None] = debian_upstream,
         log: Callable[[str], None] = lambda m: print(f"[mdistill schedule] {m}", flush=True),
     ):
         if cfg.schedule is None:
@@ -99,7 +137,7 @@ class Scheduler:
         self.backend = backend or default_backend(cfg, self.store.dir)
         self.clock = clock or SystemClock()
         self.make_entrypoint = make_entrypoint or self.run_entrypoint
-        self.fingerprint, self.log = fingerprint, log
+        self.fingerprint, self.upstream, self.log = fingerprint, upstream, log
 
     def run_entrypoint(self, run_id: str, run_dir: Path) -> str:
         """``mdistill run CONFIG overrides output_dir=<runs_dir>/<run_id>``: each run has its own directory."""
@@ -141,26 +179,41 @@ class Scheduler:
             if fire is None and not force:
                 return {"action": "idle", "next_fire": next_fire(self.schedule, state["last_fire"])}
 
-            # 4. anything changed since the last finished run?
+            # 4. anything changed since the last finished run? First upstream: a new Debian package
+            # version or DDTP update refreshes its cached part (before fingerprinting, so the run reads it)
+            up = self.upstream(self.cfg, self.store.dir / "apt", self.log)
+            seen = {}  # what the tick reports of the check
+            if up is not None:
+                state["upstream"] = {"at": utc(now), **up}
+                seen = {"upstream": upstream_event(up)}
+                if up["applied"]:  # the cache holds them now: kept as a trigger until a run is recorded for them
+                    state["upstream_pending"] = [*state.get("upstream_pending", []), *up["applied"]]
+                    self.store.save(state)
+            pending = state.get("upstream_pending", [])
             fps = self.fingerprint(self.cfg)
             last = next((r for r in reversed(state["runs"]) if r["status"] in FINISHED), None)
             changed = sorted(k for k in fps if last is None or last["fingerprints"].get(k) != fps[k])
+            if pending:
+                changed = sorted({*changed, "upstream"})  # a trigger of its own, whatever the fingerprints say
             if fire is not None:
                 state["last_fire"] = fire  # saved together with the run's intent below, or alone
+            summary = upstream_summary(up, pending)
             if not changed and not force:
-                self._log_tick(state, now, fire, f"unchanged since {last['run_id']}")
+                self._log_tick(state, now, fire, "; ".join([f"unchanged since {last['run_id']}"] + [summary] * bool(summary)))
                 self.store.save(state)
                 self.log(f"tick {utc(now)}: nothing changed since {last['run_id']} ({last['status']}); no job")
-                return {"action": "unchanged", "since": last["run_id"]}
+                return {"action": "unchanged", "since": last["run_id"], **seen}
 
             # 5. intent -> submit -> submitted
             n = len(state["runs"]) + 1
             run_id = f"{self.cfg.name}-{n:04d}-{utc(fire if fire is not None else now).replace(':', '').replace('-', '')}"
             reason = " ".join(["forced"] * force + [f"changed: {','.join(changed)}"] * bool(changed))
+            reason += f" ({summary})" if summary else ""
             run = {
                 "run_id": run_id,
                 "reason": reason,
                 "fingerprints": fps,
+                "upstream": pending,  # the package/index versions this run is for, old -> new
                 "fire": fire,
                 "created": now,
                 "output_dir": str(self.runs_dir / run_id),
@@ -168,10 +221,11 @@ class Scheduler:
                 "attempts": [],
             }
             state["runs"].append(run)
+            state["upstream_pending"] = []  # now the run's (saved with its intent)
             self._log_tick(state, now, fire, f"submit {run_id}: {run['reason']}")
             self.log(f"tick {utc(now)}: {run['reason']} -> run {run_id}")
             self._submit(state, run, now)
-            return {"action": "submitted", "run": run_id, "reason": run["reason"]}
+            return {"action": "submitted", "run": run_id, "reason": run["reason"], **seen}
 
     def _submit(self, state: dict, run: dict, now: float) -> None:
         """Record the intent (the id) durably, then submit under that id, then record it submitted.

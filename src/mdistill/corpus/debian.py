@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import json
 import lzma
 import os
@@ -19,13 +20,14 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote
 
 from mdistill.corpus.langs import normalize_lang, try_normalize_lang
+from mdistill.corpus.libreoffice import help_lang_dir
 
 # Packages whose gettext catalogs (.mo) are the corpus. postgresql-15 is the major in Debian 12
 # (bookworm); on another release it is reported as unavailable and skipped.
@@ -88,6 +90,18 @@ def _require_apt() -> None:
         )
 
 
+def help_package(lang: str) -> str:
+    """The Debian package of a language's LibreOffice help (``zh_CN`` -> ``libreoffice-help-zh-cn``)."""
+    return "libreoffice-help-" + help_lang_dir(lang).lower()
+
+
+def deb_version(deb: str) -> tuple[str, str]:
+    """``(package, version)`` of a .deb file name as apt writes it (``git_1%3a2.39.5-0+deb12u3_amd64.deb``
+    -> ``("git", "1:2.39.5-0+deb12u3")``): ``packages.txt`` records these names, so versions too."""
+    name, version = unquote(deb).split("_")[:2]
+    return name, version
+
+
 def _extracted(dest: Path) -> dict[str, str]:
     """Package name -> .deb file name of what is already unpacked in ``dest`` (``packages.txt``)."""
     marker = dest / "packages.txt"
@@ -97,13 +111,15 @@ def _extracted(dest: Path) -> dict[str, str]:
     return {deb.split("_")[0]: deb for deb in debs}
 
 
-def _download_one(pkg: str, dest: Path) -> str | None:
+def _download_one(pkg: str, dest: Path, apt_options: list[str] | None = None) -> str | None:
     """Fetch and unpack one package; its .deb name, or None (with a warning) if apt has no such package.
 
     One apt call per package: ``apt-get download a b c`` fails as a whole when one name is missing.
+    ``apt_options`` (``private_apt_options``): fetch what a private, fresh set of lists names.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run(["apt-get", "download", pkg], check=False, cwd=tmp, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
+        cmd = ["apt-get", "download", *(apt_options or []), pkg]
+        r = subprocess.run(cmd, check=False, cwd=tmp, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
         debs = sorted(Path(tmp).glob("*.deb"))
         if r.returncode != 0 or not debs:
             warnings.warn(
@@ -159,19 +175,24 @@ def _skip_ddtp(why: str) -> None:
     warnings.warn(f"DDTP package descriptions skipped: {why}. The rest of the corpus is still built.", stacklevel=3)
 
 
-def _private_apt_conf(dest: Path) -> Path:
-    """An apt config for a side-effect-free ``apt-get update`` that fetches only Translation files.
+def _private_apt_conf(dest: Path, keep: tuple[str, ...] = ("deb::Translations",)) -> Path:
+    """An apt config for a side-effect-free ``apt-get update`` that fetches only the ``keep`` index targets.
 
     It drops the system's post-update hooks (appstream, packagekit refresh the *system* caches) and
-    disables every index target except Translations (Packages alone is ~9 MB per update).
+    disables every other index target (DDTP keeps only Translations: Packages alone is ~9 MB per update).
     """
     dump = subprocess.run(["apt-config", "dump"], capture_output=True, text=True, check=True).stdout
-    targets = sorted(set(re.findall(r"^Acquire::IndexTargets::(deb(?:-src)?::[^:\s]+)", dump, re.MULTILINE)) - {"deb::Translations"})
+    targets = sorted(set(re.findall(r"^Acquire::IndexTargets::(deb(?:-src)?::[^:\s]+)", dump, re.MULTILINE)) - set(keep))
     lines = ["#clear APT::Update::Pre-Invoke;", "#clear APT::Update::Post-Invoke;", "#clear APT::Update::Post-Invoke-Success;"]
     lines += [f'Acquire::IndexTargets::{t}::DefaultEnabled "false";' for t in targets]
     conf = dest / "apt.conf"
     conf.write_text("\n".join(lines) + "\n")
     return conf
+
+
+def private_apt_options(dest: Path) -> list[str]:
+    """apt options that read and write ``dest/{apt.conf,lists,cache}`` instead of the system's apt state."""
+    return ["-c", str(dest / "apt.conf"), "-o", f"Dir::State::Lists={dest / 'lists'}/", "-o", f"Dir::Cache={dest / 'cache'}/"]
 
 
 def ddtp_update_command(dest: Path, codes: list[str]) -> list[str]:
@@ -183,12 +204,7 @@ def ddtp_update_command(dest: Path, codes: list[str]) -> list[str]:
     return [
         "apt-get",
         "update",
-        "-c",
-        str(dest / "apt.conf"),
-        "-o",
-        f"Dir::State::Lists={dest / 'lists'}/",
-        "-o",
-        f"Dir::Cache={dest / 'cache'}/",
+        *private_apt_options(dest),
         "-o",
         f"Acquire::Languages={','.join(codes)}",
         "-o",
@@ -234,18 +250,47 @@ def _translation_files(lists: Path) -> dict[str, list[Path]]:
     return files
 
 
-def _merge(paths: list[Path], out: Path) -> None:
-    """Concatenate index files (decompressed) into one plain stanza file, stanzas kept apart."""
+def _merged_chunks(paths: list[Path]) -> Iterator[bytes]:
+    """The bytes of the merged stanza file of ``paths`` (decompressed, each followed by a blank line)."""
+    for p in paths:
+        with _open_index(p) as f:
+            while chunk := f.read(1 << 20):
+                yield chunk
+        yield b"\n\n"  # a file without a final blank line must not glue stanzas
+
+
+def _digest(chunks: Iterable[bytes]) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def translation_digest(paths: list[Path]) -> str:
+    """The version of a DDTP language: a digest of its merged Translation content (index files carry
+    no version). Equal to ``_merge``'s digest of the same files, whatever their compression."""
+    return _digest(_merged_chunks(paths))
+
+
+def merged_digest(path: Path) -> str:
+    """``translation_digest`` of a file ``_merge`` wrote (a cache fetched before versions were recorded)."""
+    with path.open("rb") as f:
+        return _digest(iter(lambda: f.read(1 << 20), b""))
+
+
+def _merge(paths: list[Path], out: Path) -> str:
+    """Concatenate index files (decompressed) into one plain stanza file; its ``translation_digest``."""
     tmp = out.with_suffix(".tmp")
+    h = hashlib.blake2b(digest_size=8)  # as _digest, while writing: one pass over the files
     with tmp.open("wb") as w:
-        for p in paths:
-            with _open_index(p) as f:
-                shutil.copyfileobj(f, w)
-            w.write(b"\n\n")  # a file without a final blank line must not glue stanzas
+        for chunk in _merged_chunks(paths):
+            w.write(chunk)
+            h.update(chunk)
     tmp.replace(out)
+    return h.hexdigest()
 
 
-def _ddtp_marker(dest: Path) -> dict:
+def ddtp_marker(dest: Path) -> dict:
     """What an earlier fetch into ``dest`` requested and produced (``ddtp.json``), or ``{}``."""
     marker = dest / "ddtp.json"
     return json.loads(marker.read_text()) if marker.exists() else {}
@@ -260,7 +305,7 @@ def ddtp_lists(langs: list[str], dest: Path) -> dict[str, Path] | None:
     """
     wanted = list(dict.fromkeys(["en"] + [normalize_lang(lang) for lang in langs]))
     seed_from_image(dest)
-    done = _ddtp_marker(dest)
+    done = ddtp_marker(dest)
     if set(wanted) <= set(done.get("requested", [])):
         return {code: dest / name for code, name in done["files"].items() if code in wanted}
     codes = wanted + [c for c in done.get("requested", []) if c not in wanted]  # keep earlier languages
@@ -286,12 +331,21 @@ def ddtp_lists(langs: list[str], dest: Path) -> dict[str, Path] | None:
     if "en" not in found:
         _skip_ddtp(f"apt-get update fetched no Translation-en into {dest / 'lists'}")
         return None
-    files = {}
+    files = write_ddtp(dest, found, codes, cmd)
+    return {code: dest / name for code, name in files.items() if code in wanted}
+
+
+def write_ddtp(dest: Path, found: dict[str, list[Path]], codes: list[str], command: list[str]) -> dict[str, str]:
+    """Merge the Translation files ``found`` of ``codes`` into ``dest/Translation-<code>`` and write
+    ``ddtp.json`` (what was requested, the files, their versions: ``translation_digest``, so a later
+    check can tell whether the archive changed); code -> file name."""
+    files, versions = {}, {}
     for code in codes:
         if code not in found:
-            warnings.warn(f"DDTP has no translations for {code!r} in this release; left out", stacklevel=2)
+            warnings.warn(f"DDTP has no translations for {code!r} in this release; left out", stacklevel=3)
             continue
-        _merge(found[code], dest / f"Translation-{code}")
+        versions[code] = _merge(found[code], dest / f"Translation-{code}")
         files[code] = f"Translation-{code}"
-    (dest / "ddtp.json").write_text(json.dumps({"requested": codes, "files": files, "command": cmd}, indent=1))
-    return {code: dest / name for code, name in files.items() if code in wanted}
+    marker = {"requested": codes, "files": files, "versions": versions, "command": command}
+    (dest / "ddtp.json").write_text(json.dumps(marker, indent=1))
+    return files

@@ -53,7 +53,7 @@ def _unit(fmt: str, path: str, source: str, origin: str, nbytes: int, **args) ->
 
 def debian_units(src: SourceConfig, langs: list[str], cache_dir: Path) -> tuple[list[dict], str]:
     """Read units of the built-in corpus and what they came from (package versions)."""
-    from mdistill.corpus.debian import GETTEXT_PACKAGES, ddtp_lists, download_packages, gettext_catalogs
+    from mdistill.corpus.debian import GETTEXT_PACKAGES, ddtp_lists, ddtp_marker, download_packages, gettext_catalogs
 
     units: list[dict] = []
     identity: list[str] = []
@@ -71,6 +71,7 @@ def debian_units(src: SourceConfig, langs: list[str], cache_dir: Path) -> tuple[
             units.append(_unit("mo", str(path), f"gettext:{label}", str(path.relative_to(root)), path.stat().st_size, lang=lang))
     if "ddtp" in src.parts:
         lists = ddtp_lists(langs, cache_dir / "debian" / "ddtp")
+        versions = ddtp_marker(cache_dir / "debian" / "ddtp").get("versions", {})  # content digests, if recorded
         if lists is None:
             log.warning("DDTP package descriptions skipped (see the message above); the rest of the corpus is built")
         else:
@@ -80,7 +81,10 @@ def debian_units(src: SourceConfig, langs: list[str], cache_dir: Path) -> tuple[
                     log.warning("DDTP has no descriptions for %s", lang)
                     continue
                 xx = [str(p) for p in _as_list(lists[lang])]
-                identity.append(json.dumps([(p, Path(p).stat().st_size) for p in en + xx]))
+                ident: list = [(p, Path(p).stat().st_size) for p in en + xx]
+                if versions:  # an edit that keeps the size is a new corpus too (older caches: sizes alone)
+                    ident.append({code: versions.get(code) for code in ("en", lang)})
+                identity.append(json.dumps(ident))
                 size = sum(Path(p).stat().st_size for p in xx)
                 units.append(_unit("ddtp", "|".join(xx), "ddtp", f"ddtp/Translation-{lang}", size, en_paths=en, lang=lang))
     return units, "\n".join(identity)

@@ -37,7 +37,6 @@ from mdistill.stages import cache_pass, student, train
 from mdistill.stages.corpus import build_corpus
 from mdistill.stages.select import select_data
 from mdistill.stages.teacher import open_teacher
-from mdistill.storage import check_shared
 from mdistill.stages.tune import (
     STARTS_FILE,
     TRIAL_FILE,
@@ -49,6 +48,7 @@ from mdistill.stages.tune import (
     trial_summary,
     write_results_csv,
 )
+from mdistill.storage import check_shared
 from mdistill.training.loop import train_loop_per_worker
 from mdistill.tune_space import derive_max_concurrent_trials, dev_every, search_space, shape_key, student_shapes, trial_config
 

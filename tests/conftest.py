@@ -74,10 +74,11 @@ def ray_shared():
 
 def terminal_line(config, text: str) -> None:
     """A line on the terminal even while pytest captures output (``make test`` shows it)."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None:
+    reporter, capture = (config.pluginmanager.get_plugin(p) for p in ("terminalreporter", "capturemanager"))
+    if reporter is None or capture is None:
         print(text)
-    else:
+        return
+    with capture.global_and_fixture_disabled():  # fd-level capture would swallow it
         reporter.write_line(text)
 
 

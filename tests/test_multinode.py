@@ -64,7 +64,7 @@ def multinode(request):
         m.add_gpu_node()
     env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}
     ray.init(address=cluster.address, runtime_env={"env_vars": {**env, "TOKENIZERS_PARALLELISM": "false"}})
-    nodes = {n["NodeID"][:8]: n["Resources"] for n in ray.nodes() if n["Alive"]}
+    nodes = {n["NodeID"][:8]: {k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU")} for n in ray.nodes() if n["Alive"]}
     terminal_line(request.config, f"  cluster: {nodes}")
     yield m
     ray.shutdown()

@@ -65,6 +65,8 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
         assert row.n == d.dev_pairs[lang] > 10
         for model in ("teacher", "full", "full:untrained", "full:linear_map", "pruned", "pruned:untrained", "pruned:linear_map"):
             assert 0.0 <= row.models[model].teacher_space_top1 <= 1.0
+        for name in ("full", "pruned"):  # training learned something: closer to the teacher than before it, on unseen rows
+            assert row.models[name].mse100 < row.models[f"{name}:untrained"].mse100, (lang, name, row.models)
     students = report.students
     assert students["full"].layers == 3 and students["pruned"].layers == 2
     assert students["pruned"].params < students["full"].params

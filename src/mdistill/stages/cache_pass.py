@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mdistill.report.schema import CachePass
 from mdistill.resources import Nodes, inference_plan
@@ -196,7 +195,7 @@ def commit(todo: Todo, outputs: ray.data.Dataset | None, *, commit_rows: int = 4
             batch_format="pyarrow",
             num_cpus=0.25,  # I/O: must not wait for the CPUs the actor pool holds
             # the cache is this process's: on a cluster its disk may be the driver node's alone
-            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+            label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()},
         )
         cache.dir.mkdir(parents=True, exist_ok=True)
         for b in written.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -1,0 +1,270 @@
+"""The classifier-student kernels (``training/classify_step.py``): the soft / hard / online losses
+through ``classify_train_step`` against the formulas written out in numpy, on a tiny random-init
+BERT and real LibreOffice help paragraphs labelled by ``tasks.help_topics``; the export round trip."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from mdistill.losses import DistillationLoss, KLDivLoss
+from mdistill.tasks import help_topics
+from mdistill.training.classify_step import (
+    IGNORE,
+    ClassifierStudent,
+    classification_loss,
+    classify_batches,
+    classify_train_step,
+    make_batch,
+    make_classifier_optimizer,
+    predict_logits,
+)
+from mdistill.training.step import TextFeatures
+
+from conftest import fixture_pairs, make_tiny_model
+
+LABELS = help_topics.labels()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random-init BERT (2 layers, hidden 32) as a sentence-transformers directory, its
+    tokenizer, and German help paragraphs with their help-topic label (None: ``shared``)."""
+    from transformers import AutoTokenizer
+
+    pairs = fixture_pairs()
+    path = make_tiny_model(tmp_path_factory.mktemp("clf") / "st", list(pairs.en) + list(pairs.text), layers=2, hidden=32)
+    de = pairs[pairs.lang == "de"]
+    labels = [help_topics.label_of(s.split(":", 1)[1]) for s in de.source]
+    return {
+        "path": path,
+        "tokenizer": AutoTokenizer.from_pretrained(str(path)),
+        "texts": list(de.text),
+        "en": list(de.en),
+        "label_ids": [None if x is None else help_topics.label_id(x) for x in labels],
+    }
+
+
+def _student(tiny, seed: int = 0) -> ClassifierStudent:
+    torch.manual_seed(seed)
+    model = ClassifierStudent.from_pretrained(tiny["path"], LABELS, dropout=0.0)
+    model.set_dropout(0.0)  # deterministic: the logits before the step are the ones the step's loss saw
+    with torch.no_grad():  # logits of order 1 (the default head init gives ~0.01: every loss would look alike)
+        model.model.classifier.weight.normal_(0, 1.0)
+    return model.train()
+
+
+def _opt(model):
+    return make_classifier_optimizer(model, lr=1e-3, head_lr=1e-2, weight_decay=0.0, total_steps=10, warmup_ratio=0.0)
+
+
+def _batch(tiny, rows: list[int], teacher_logits=None):
+    texts, labels = [tiny["texts"][i] for i in rows], [tiny["label_ids"][i] for i in rows]
+    return make_batch(texts, tiny["tokenizer"], labels=labels, teacher_logits=teacher_logits, max_seq_length=64)
+
+
+def _mixed_rows(tiny, n: int = 12) -> list[int]:
+    """``n`` rows, a third of them unlabelled (``shared`` help), the rest of several labels."""
+    ids = tiny["label_ids"]
+    unlabelled = [i for i, v in enumerate(ids) if v is None][: n // 3]
+    labelled, seen = [], set()
+    for i, v in enumerate(ids):  # one of each label first, then any
+        if v is not None and v not in seen:
+            labelled.append(i)
+            seen.add(v)
+    labelled += [i for i, v in enumerate(ids) if v is not None and i not in labelled]
+    return sorted(unlabelled + labelled[: n - len(unlabelled)])
+
+
+# -- the formulas, written out ------------------------------------------------------------------------
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _kl_rows(s: np.ndarray, t: np.ndarray, temp: float) -> np.ndarray:
+    """T² · KL(softmax(t/T) ‖ softmax(s/T)) per row."""
+    log_p, log_q = _log_softmax(t / temp), _log_softmax(s / temp)
+    return temp * temp * (np.exp(log_p) * (log_p - log_q)).sum(-1)
+
+
+def _ce_rows(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return -_log_softmax(s)[np.arange(len(y)), np.where(y == IGNORE, 0, y)]
+
+
+def _soft_by_hand(s, t, y, temp, alpha) -> float:
+    """Labelled row: α·KL + (1−α)·CE; unlabelled row: KL alone; mean over rows."""
+    s, t, y = np.asarray(s, np.float64), np.asarray(t, np.float64), np.asarray(y)
+    kl, ce = _kl_rows(s, t, temp), _ce_rows(s, y)
+    return float(np.where(y != IGNORE, alpha * kl + (1 - alpha) * ce, kl).mean())
+
+
+def _params(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _all_changed(before, model) -> bool:
+    return all(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()) if b.requires_grad)
+
+
+# -- losses on hand-written tensors -------------------------------------------------------------------
+
+
+S = torch.tensor([[1.0, 0.0, -1.0], [0.2, 0.4, 2.0], [-0.5, 1.5, 0.0], [0.0, 0.0, 3.0]])
+T = torch.tensor([[0.5, 2.0, 0.0], [1.0, -1.0, 0.5], [2.0, 0.0, 0.0], [0.3, 0.3, 0.3]])
+
+
+def test_soft_rule_on_labelled_unlabelled_and_mixed_rows():
+    y_all, y_none, y_mix = torch.tensor([2, 0, 1, 2]), torch.full((4,), IGNORE), torch.tensor([2, IGNORE, 1, IGNORE])
+    for alpha in (0.0, 0.3, 1.0):
+
+        def got(y, alpha=alpha):
+            return classification_loss(S, T, y, "soft", 2.0, alpha).student.item()
+
+        # every row labelled: exactly DistillationLoss; none: exactly KLDivLoss, whatever α
+        assert got(y_all) == pytest.approx(DistillationLoss(alpha, 2.0)(S, T, y_all).item(), rel=1e-6)
+        assert got(y_none) == pytest.approx(KLDivLoss(2.0)(S, T).item(), rel=1e-6)
+        assert got(y_mix) == pytest.approx(_soft_by_hand(S, T, y_mix, 2.0, alpha), rel=1e-5)
+    # α = 0: the labelled rows are plain CE, the unlabelled ones still distil (weight 1)
+    kl, ce = _kl_rows(S.numpy(), T.numpy(), 2.0), _ce_rows(S.numpy(), y_mix.numpy())
+    by_hand = (ce[0] + kl[1] + ce[2] + kl[3]) / 4
+    assert classification_loss(S, T, y_mix, "soft", 2.0, 0.0).student.item() == pytest.approx(by_hand, rel=1e-5)
+
+
+@pytest.mark.parametrize("temp", [1.0, 2.0, 4.0])
+def test_t_squared_scaling(temp):
+    y = torch.full((4,), IGNORE)
+    got = classification_loss(S, T, y, "soft", temp, 1.0).student.item()
+    log_p, log_q = _log_softmax(T.numpy() / temp), _log_softmax(S.numpy() / temp)
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(-1).mean()
+    assert got == pytest.approx(temp**2 * kl, rel=1e-5)
+
+
+def test_t_squared_keeps_the_gradient_scale_at_high_temperature():
+    # Hinton et al.: d(T²·KL)/dz_s = T (q_T − p_T) → (z_s − z_t)/K for large T (zero-mean logits)
+    s, t = S - S.mean(1, keepdim=True), T - T.mean(1, keepdim=True)
+    norms = []
+    for temp in (10.0, 20.0, 40.0):
+        z = s.clone().requires_grad_(True)
+        classification_loss(z, t, torch.full((4,), IGNORE), "soft", temp, 1.0).student.backward()
+        norms.append(z.grad.norm().item())
+    limit = ((s - t) / 3 / 4).norm().item()  # / K classes / batch rows (batchmean)
+    assert norms == pytest.approx([limit] * 3, rel=0.05)
+
+
+def test_hard_is_ce_to_the_teacher_argmax_and_ignores_gold_labels():
+    got = classification_loss(S, T, torch.tensor([0, 0, 0, 0]), "hard", 5.0, 0.7).student.item()
+    assert got == pytest.approx(_ce_rows(S.numpy(), T.numpy().argmax(1)).mean(), rel=1e-5)
+
+
+def test_bad_modes_and_missing_teachers_are_refused(tiny):
+    with pytest.raises(ValueError, match="mode"):
+        classification_loss(S, T, torch.zeros(4, dtype=torch.long), "mse", 1.0, 0.5)
+    model = _student(tiny)
+    opt, sched = _opt(model)
+    with pytest.raises(ValueError, match="teacher_optimizer"):
+        classify_train_step(model, opt, sched, _batch(tiny, [0, 1, 2, 3]), "online", 1.0, 0.5, teacher=model)
+    with pytest.raises(ValueError, match="teacher_logits"):
+        classify_train_step(model, opt, sched, _batch(tiny, [0, 1, 2, 3]), "soft", 1.0, 0.5)
+
+
+# -- through the step, on a real (tiny) BERT ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_step_returns_the_loss_of_the_models_logits(tiny, mode):
+    model = _student(tiny)
+    opt, sched = _opt(model)
+    rows = _mixed_rows(tiny)
+    y = np.array([IGNORE if tiny["label_ids"][i] is None else tiny["label_ids"][i] for i in rows])
+    assert (y == IGNORE).any() and (y != IGNORE).any()  # the fixture mixes labelled and `shared` rows
+    teacher = np.random.default_rng(0).normal(0, 2, size=(12, len(LABELS))).astype(np.float32)
+    batch = _batch(tiny, rows, teacher)
+    with torch.no_grad():
+        s = model(batch.features()).numpy().astype(np.float64)
+    before = _params(model)
+    out = classify_train_step(model, opt, sched, batch, mode, 2.0, 0.3)
+    want = _soft_by_hand(s, teacher, y, 2.0, 0.3) if mode == "soft" else float(_ce_rows(s, teacher.argmax(1)).mean())
+    assert set(out) == {"loss"}
+    assert out["loss"] == pytest.approx(want, rel=1e-5)
+    assert _all_changed(before, model)
+
+
+def test_online_trains_both_models(tiny):
+    from transformers import AutoModelForSequenceClassification
+
+    student = _student(tiny, seed=0)
+    torch.manual_seed(1)  # the teacher: a plain HF classifier (what encode.load_classifier gives), its own head
+    teacher = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny["path"]), num_labels=len(LABELS), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    ).train()
+    with torch.no_grad():
+        teacher.classifier.weight.normal_(0, 1.0)
+    opt, sched = _opt(student)
+    t_opt, t_sched = _opt(teacher)
+    batch = _batch(tiny, _mixed_rows(tiny))  # no cached logits: the teacher runs live
+    y = batch.labels.numpy()
+    with torch.no_grad():
+        s, t = student(batch.features()).double().numpy(), teacher(**batch.features()).logits.double().numpy()
+    s_before, t_before = _params(student), _params(teacher)
+    out = classify_train_step(student, opt, sched, batch, "online", 1.0, 0.5, teacher, t_opt, teacher_scheduler=t_sched)
+    assert out["loss"] == pytest.approx(_soft_by_hand(s, t, y, 1.0, 0.5), rel=1e-5)
+    assert out["teacher_loss"] == pytest.approx(_soft_by_hand(t, s, y, 1.0, 0.5), rel=1e-5)
+    assert _all_changed(s_before, student) and _all_changed(t_before, teacher)
+    assert t_sched.last_epoch == 1
+
+
+def test_classify_batches_cover_every_row_once(tiny):
+    n = 40
+    logits = np.arange(n * len(LABELS), dtype=np.float32).reshape(n, len(LABELS))
+    chunk = pa.table(
+        {
+            "text": tiny["texts"][:n],
+            "en": tiny["en"][:n],
+            "label_id": pa.array(tiny["label_ids"][:n], pa.int64()),
+            "logits": pa.array(list(logits), pa.list_(pa.float32(), len(LABELS))),
+        }
+    )
+    feats = TextFeatures(tiny["tokenizer"], "", 64)
+    seen = []
+    for b in classify_batches([chunk], 16, random.Random(0), feats, teacher_features=feats):
+        rows = b.teacher_logits[:, 0].long() // len(LABELS)  # the row each teacher-logit row came from
+        want_y = [IGNORE if tiny["label_ids"][i] is None else tiny["label_ids"][i] for i in rows.tolist()]
+        assert b.labels.tolist() == want_y
+        assert b.input_ids.shape[0] == b.teacher_input_ids.shape[0] == len(rows)
+        seen += rows.tolist()
+    assert sorted(seen) == list(range(n))
+
+
+def test_export_round_trip_with_auto_model_and_pipeline(tiny, tmp_path):
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    model = _student(tiny)
+    opt, sched = _opt(model)
+    for start in (0, 12):  # trained a little: the head is not its init
+        rows = list(range(start, start + 12))
+        classify_train_step(model, opt, sched, _batch(tiny, rows, np.zeros((12, len(LABELS)), np.float32)), "soft", 2.0, 0.5)
+    out = model.save(tmp_path / "clf", tiny["tokenizer"])
+
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    assert loaded.config.id2label == dict(enumerate(LABELS)) and loaded.config.label2id == {x: i for i, x in enumerate(LABELS)}
+    texts = tiny["texts"][:16]
+    batch = make_batch(texts, tiny["tokenizer"], max_seq_length=64)
+    model.eval()
+    with torch.no_grad():
+        ours, theirs = model(batch.features()), loaded(**batch.features()).logits
+    assert (ours - theirs).abs().max().item() < 1e-5
+    # predict_logits (the evaluation path) gives the same logits in input order, and restores train mode
+    model.train()
+    assert np.abs(predict_logits(model, texts, tiny["tokenizer"], 5, 64) - theirs.numpy()).max() < 1e-5
+    assert model.training
+
+    clf = pipeline("text-classification", model=str(out), device="cpu")
+    pred = clf("Die Funktion berechnet den Mittelwert der Zellen in einer Tabelle.")[0]
+    assert pred["label"] in LABELS and 0 < pred["score"] <= 1

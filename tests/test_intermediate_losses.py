@@ -47,6 +47,23 @@ def test_uniform_layer_map_values():
 # ---- HiddenStateLoss ------------------------------------------------------------------------
 
 
+def _assert_padding_changes_nothing(loss, s, t, *, garbage: float, fill: float, rel: float) -> None:
+    """Under ``MASK``, the loss ignores what the padded position holds (``garbage`` there, +garbage
+    in the student, -garbage in the teacher) and one more padded position on every sequence."""
+    mask = torch.tensor(MASK)
+    base = loss(s, t, mask).item()
+    s2, t2 = [x.clone() for x in s], [x.clone() for x in t]
+    for x in s2:
+        x[1, 2] = garbage
+    for x in t2:
+        x[1, 2] = -garbage
+    assert loss(s2, t2, mask).item() == pytest.approx(base, rel=rel)
+    pad_s = [torch.cat([x, torch.full((x.shape[0], 1, x.shape[2]), fill)], dim=1) for x in s]
+    pad_t = [torch.cat([x, torch.full((x.shape[0], 1, x.shape[2]), -fill)], dim=1) for x in t]
+    mask_pad = torch.cat([mask, torch.zeros(2, 1, dtype=mask.dtype)], dim=1)
+    assert loss(pad_s, pad_t, mask_pad).item() == pytest.approx(base, rel=rel)
+
+
 def _hidden_mse_by_hand(s_layers, t_layers, layer_map, mask, w=None, b=None):
     per_pair = []
     for i, j in layer_map.items():
@@ -90,20 +107,7 @@ def test_hidden_state_loss_tiny_explicit_values():
 def test_hidden_state_padding_changes_nothing():
     s = [_t(_randn(2, 3, 2, seed=k)) for k in range(2)]
     t = [_t(_randn(2, 3, 2, seed=10 + k)) for k in range(2)]
-    loss = HiddenStateLoss({1: 1}, 2)
-    mask = torch.tensor(MASK)
-    base = loss(s, t, mask).item()
-    # garbage at the padded position
-    s2 = [x.clone() for x in s]
-    t2 = [x.clone() for x in t]
-    s2[1][1, 2] = 100.0
-    t2[1][1, 2] = -100.0
-    assert loss(s2, t2, mask).item() == pytest.approx(base, rel=1e-6)
-    # one more padded position on every sequence
-    pad = [torch.cat([x, torch.full((2, 1, 2), 7.0)], dim=1) for x in s]
-    pad_t = [torch.cat([x, torch.full((2, 1, 2), -7.0)], dim=1) for x in t]
-    mask_pad = torch.cat([mask, torch.zeros(2, 1, dtype=mask.dtype)], dim=1)
-    assert loss(pad, pad_t, mask_pad).item() == pytest.approx(base, rel=1e-6)
+    _assert_padding_changes_nothing(HiddenStateLoss({1: 1}, 2), s, t, garbage=100.0, fill=7.0, rel=1e-6)
 
 
 def test_hidden_state_identical_is_zero():
@@ -198,18 +202,8 @@ def test_attention_relation_one_head_explicit():
 def test_attention_relation_padding_changes_nothing():
     s = [_t(_randn(2, 3, 4, seed=k)) for k in range(3)]
     t = [_t(_randn(2, 3, 6, seed=10 + k)) for k in range(3)]
-    loss = AttentionRelationLoss(2)
-    mask = torch.tensor(MASK)
-    base = loss(s, t, mask).item()
-    s2 = [x.clone() for x in s]
-    t2 = [x.clone() for x in t]
-    for x in s2 + t2:
-        x[1, 2] = 50.0  # large values at the padded position would dominate any unmasked softmax
-    assert loss(s2, t2, mask).item() == pytest.approx(base, rel=1e-5)
-    pad_s = [torch.cat([x, torch.full((2, 1, 4), 3.0)], dim=1) for x in s]
-    pad_t = [torch.cat([x, torch.full((2, 1, 6), -3.0)], dim=1) for x in t]
-    mask_pad = torch.cat([mask, torch.zeros(2, 1, dtype=mask.dtype)], dim=1)
-    assert loss(pad_s, pad_t, mask_pad).item() == pytest.approx(base, rel=1e-5)
+    # large values at the padded position would dominate any unmasked softmax
+    _assert_padding_changes_nothing(AttentionRelationLoss(2), s, t, garbage=50.0, fill=3.0, rel=1e-5)
 
 
 def test_attention_relation_identical_is_zero_and_gradients_are_finite():

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import ray
 import torch
-import yaml
 from ray import tune
 from ray.data.expressions import col
 from ray.train.torch import TorchTrainer
@@ -32,7 +31,7 @@ from mdistill.config import RunConfig
 from mdistill.log import get_logger
 from mdistill.ray_init import init_ray
 from mdistill.report import Timings, load_report, write_report
-from mdistill.report.schema import CorpusSummary, RunReport, TuneReport
+from mdistill.report.schema import CorpusSummary, RunReport
 from mdistill.stages import cache_pass, student, train
 from mdistill.stages.corpus import build_corpus
 from mdistill.stages.select import select_data
@@ -45,8 +44,7 @@ from mdistill.stages.tune import (
     fresh_or_restore,
     results_markdown,
     search_algorithm,
-    trial_summary,
-    write_results_csv,
+    search_results,
 )
 from mdistill.storage import check_shared
 from mdistill.training.loop import train_loop_per_worker
@@ -140,29 +138,21 @@ def tune_run(cfg: RunConfig) -> RunReport:
         grid = tuner.fit()
 
     # 5. Results: every trial's history, best and worst, the best config as a runnable file.
-    trials = [trial_summary(r, tc.metric, tc.mode, max_t) for r in grid]
-    scored = [t for t in trials if t.best is not None]
-    if not scored:
-        raise RuntimeError(f"no trial reported {tc.metric}; see {experiment}")
-    best = (max if tc.mode == "max" else min)(scored, key=lambda t: t.best)
-    worst = (min if tc.mode == "max" else max)(scored, key=lambda t: t.best)
-    best_cfg = trial_config(base | {"name": f"{cfg.name}-best", "output_dir": "runs/{name}", "tune": None}, best.config)
-    best_file = out / "best_config.yaml"
-    best_file.write_text(
-        f"# best trial {best.trial_id} of `mdistill tune` {cfg.name}: {tc.metric} {best.best:.4f}\n"
-        + yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    )
-    write_results_csv(out / "tune_results.csv", trials, list(tc.space))
-    tune_report = TuneReport(
-        metric=tc.metric, mode=tc.mode, search=tc.search, num_trials=len(trials), max_concurrent_trials=concurrent, max_t=max_t,
-        stopped_early=sum(t.stopped_early for t in trials), experiment=str(experiment),
+    tune_report = search_results(
+        grid,
+        cfg,
+        base=base,
+        experiment=experiment,
+        out=out,
+        concurrent=concurrent,
+        max_t=max_t,
         shapes={k: {"states_cache": v["states_cache"], "train_rows": v["training_set"].train_rows} for k, v in shapes.items()},
-        trials=trials, best=best, worst=worst, gap=abs(best.best - worst.best), best_config=str(best_file),
-        results_csv=str(out / "tune_results.csv"),
-    )  # fmt: skip
+    )
 
     # 6. Optionally: the best config trained on the full data and exported, as `mdistill run` does.
     if tc.retrain_best:
+        best_file = Path(tune_report.best_config)
+        best_cfg = trial_config(base | {"name": f"{cfg.name}-best", "output_dir": "runs/{name}", "tune": None}, tune_report.best.config)
         with timings.stage("retrain_best"):
             if cfg.ray.address is None:
                 ray.shutdown()  # the run starts its own local instance

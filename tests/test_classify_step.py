@@ -196,6 +196,39 @@ def test_step_returns_the_loss_of_the_models_logits(tiny, mode):
     assert _all_changed(before, model)
 
 
+def test_supervised_is_ce_to_the_gold_labels_of_the_labelled_rows(tiny):
+    model = _student(tiny)
+    opt, sched = _opt(model)
+    rows = _mixed_rows(tiny)
+    y = np.array([IGNORE if tiny["label_ids"][i] is None else tiny["label_ids"][i] for i in rows])
+    batch = _batch(tiny, rows)  # no teacher: the gold labels are the target
+    with torch.no_grad():
+        s = model(batch.features()).numpy().astype(np.float64)
+    out = classify_train_step(model, opt, sched, batch, "supervised", 2.0, 0.3)
+    assert out["loss"] == pytest.approx(float(_ce_rows(s[y != IGNORE], y[y != IGNORE]).mean()), rel=1e-5)
+    unlabelled = [i for i in rows if tiny["label_ids"][i] is None]
+    with pytest.raises(ValueError, match="without any gold label"):
+        classify_train_step(model, opt, sched, _batch(tiny, unlabelled), "supervised", 2.0, 0.3)
+
+
+def test_freeze_below_trains_only_the_top_layers_pooler_and_head(tiny):
+    model = _student(tiny)
+    n_layers = len(model.model.bert.encoder.layer)
+    trainable = model.freeze_below(1)
+    names = {n for n, p in model.model.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith((f"bert.encoder.layer.{n_layers - 1}.", "bert.pooler.", "classifier.")) for n in names)
+    assert trainable == sum(p.numel() for p in model.model.parameters() if p.requires_grad)
+    opt, sched = _opt(model)
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.model.parameters() if p.requires_grad}
+    frozen = {n: p.detach().clone() for n, p in model.model.named_parameters() if not p.requires_grad}
+    teacher = np.random.default_rng(0).normal(0, 2, size=(12, len(LABELS))).astype(np.float32)
+    classify_train_step(model, opt, sched, _batch(tiny, _mixed_rows(tiny), teacher), "soft", 2.0, 0.5)
+    assert all(torch.equal(frozen[n], p) for n, p in model.model.named_parameters() if n in frozen)
+    assert model.freeze_below("all") == sum(p.numel() for p in model.model.parameters())
+    with pytest.raises(ValueError, match="layers"):
+        model.freeze_below(n_layers + 1)
+
+
 def test_online_trains_both_models(tiny):
     from transformers import AutoModelForSequenceClassification
 

@@ -36,6 +36,13 @@ def run(
 ) -> None:
     """Run the whole pipeline: corpus, teacher, student training, evaluation, export, report."""
     cfg = _config(config, overrides)
+    if cfg.classify is not None:
+        from mdistill.pipelines.classify import run as run_classify
+
+        result = run_classify(cfg)
+        models = "  ".join(f"{role}: {c.export}" for role, c in result.classifiers.items())
+        typer.echo(f"report: {cfg.output_path / 'report.md'}  models: {models}")
+        return
     from mdistill.pipelines.run import run as run_pipeline
 
     report = run_pipeline(cfg)
@@ -53,13 +60,36 @@ def tune_cmd(
     if cfg.tune is None:
         typer.echo("error: the config has no tune: section (tune.space, tune.num_samples, ...)", err=True)
         raise typer.Exit(2)
-    from mdistill.pipelines.tune import tune_run
+    if cfg.classify is not None:
+        from mdistill.pipelines.tune_classify import tune_classify as tune_run
+    else:
+        from mdistill.pipelines.tune import tune_run
 
     t = tune_run(cfg).tune
     typer.echo(f"report: {cfg.output_path / 'report.md'}  plot: {cfg.output_path / 'tune_trials.png'}")
     typer.echo(f"results: {t.results_csv}  best config: {t.best_config}  (mdistill run {t.best_config})")
     if t.retrained:
         typer.echo(f"retrained best: {t.retrained['output_dir']}")
+
+
+teacher_app = typer.Typer(no_args_is_help=True, help="Teachers: train an English classifier teacher.")
+app.add_typer(teacher_app, name="teacher")
+
+
+@teacher_app.command("train-classifier")
+def teacher_train_classifier(
+    config: Path = typer.Argument(..., help="YAML config with a classify: section, e.g. configs/classify.yaml"),
+    overrides: list[str] | None = typer.Argument(None, help="key.sub=value overrides"),
+) -> None:
+    """Fine-tune teacher.model (+ a new head) on the task's English training paragraphs (Ray Train)
+    and export it to <output_dir>/teacher: AutoModelForSequenceClassification loads it."""
+    cfg = _config(config, [*(overrides or []), "classify.train_teacher=true"])
+    if cfg.classify is None:
+        _fail("the config has no classify: section (task, caps, teacher_epochs, ...)")
+    from mdistill.pipelines.classify import teacher_only
+
+    path, acc = teacher_only(cfg)
+    typer.echo(f"teacher: {path}  English dev accuracy {acc:.3f}")
 
 
 @app.command("config")

@@ -209,6 +209,10 @@ class TrainConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     bucket_rows: int = Field(1024, ge=1)  # rows sorted by length together, so batches pad little
     log_every: int = Field(20, ge=1)
+    # Logit distillation (the `classify:` recipe): soft = alpha * T^2 * KL(teacher/T || student/T)
+    # + (1 - alpha) * CE(gold label); the embedding recipe has neither.
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
 
 
 class StudentSpec(StudentConfig):
@@ -401,9 +405,8 @@ class TuneSchedulerConfig(_Strict):
 TUNE_FORBIDDEN = {
     "train.dev_every": "set per trial from tune.reports (dev evaluations per trial)",
     "train.resume": "a trial resumes from its own checkpoints",
-    "train.temperature": "logit distillation (teacher.kind: classifier) has no training recipe yet; the embedding path has no temperature",
-    "train.alpha": "logit distillation (teacher.kind: classifier) has no training recipe yet; the embedding path has no alpha",
 }
+CLASSIFY_ONLY = {"train.temperature", "train.alpha"}  # read by the classify recipe only
 
 
 class TuneConfig(_Strict):
@@ -414,9 +417,11 @@ class TuneConfig(_Strict):
     search: Literal["random", "grid", "optuna"] = "random"
     # the dev metric during training: every language's dev rows pooled (training.step.pooled_dev_metrics)
     # heldout_*: the out-of-domain rows (corpus.heldout_sources must hold some out)
+    # classify recipe: dev_accuracy / dev_macro_f1 of the soft student over every language's dev files pooled
     metric: Literal[
-        "dev_pooled_teacher_space_top1", "dev_pooled_mse100", "heldout_pooled_teacher_space_top1", "heldout_pooled_mse100", "loss"
-    ] = "dev_pooled_teacher_space_top1"
+        "dev_pooled_teacher_space_top1", "dev_pooled_mse100", "heldout_pooled_teacher_space_top1", "heldout_pooled_mse100", "loss",
+        "dev_accuracy", "dev_macro_f1",
+    ] = "dev_pooled_teacher_space_top1"  # fmt: skip
     mode: Literal["max", "min"] = "max"
     reports: int = Field(4, ge=1)  # dev evaluations per trial (train.dev_every is derived from it); ASHA's time unit
     scheduler: TuneSchedulerConfig = TuneSchedulerConfig()
@@ -435,6 +440,47 @@ class TuneConfig(_Strict):
         if self.metric in ("dev_pooled_mse100", "heldout_pooled_mse100", "loss") and self.mode == "max":
             raise ValueError(f"metric {self.metric} is lower-is-better: set mode: min")
         return self
+
+
+ClassifyRole = Literal["zero_shot", "translate_train", "soft", "hard", "online"]
+
+
+class ClassifyConfig(_Strict):
+    """Cross-lingual classifier transfer (``mdistill run configs/classify.yaml``): an English
+    teacher classifier's logits distilled into a multilingual student on parallel text.
+
+    The teacher is ``teacher.model``: with ``train_teacher`` an encoder that mdistill fine-tunes on
+    the English training paragraphs (a new head); without, an existing sequence classifier (any HF
+    id or path) whose labels are the task's. The student is ``student.model`` + a new head, its top
+    ``student.train_layers`` layers trained (embeddings frozen unless ``all``)."""
+
+    task: Literal["help_topics"] = "help_topics"  # mdistill.tasks.help_topics: LibreOffice help module labels
+    # What is trained on the task's training files, each evaluated per language on its test files:
+    # zero_shot (English labels only), translate_train (gold labels in every language: an upper
+    # bound), soft / hard (cached teacher logits), online (teacher and student trained together).
+    students: list[ClassifyRole] = ["zero_shot", "translate_train", "soft", "hard", "online"]
+    max_train_english: int | None = Field(2000, ge=10)  # English training paragraphs (by hash); None: all
+    max_eval_english: int | None = Field(500, ge=10)  # dev and test paragraphs each (by hash); None: all
+    train_teacher: bool = True
+    teacher_epochs: int = Field(3, ge=1)
+    teacher_lr: float = Field(1e-4, gt=0)
+    teacher_train_layers: int | Literal["all"] = "all"  # of the teacher's encoder (embeddings stay frozen unless all)
+    head_lr: float = Field(2e-3, gt=0)  # every new classification head (teacher and students)
+    teacher_tolerance: float = Field(0.95, gt=0, le=1)  # report: distilled student's accuracy vs teacher's English accuracy
+
+    @field_validator("students")
+    @classmethod
+    def _students(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"classify.students: at least one, no repeats (got {v})")
+        return v
+
+    @field_validator("teacher_train_layers")
+    @classmethod
+    def _layers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("teacher_train_layers must be >= 1 or 'all'")
+        return v
 
 
 class RunConfig(_Strict):
@@ -456,6 +502,7 @@ class RunConfig(_Strict):
     job: JobConfig = JobConfig()  # mdistill submit / schedule: how the run goes to a Ray cluster
     schedule: ScheduleConfig | None = None  # mdistill schedule: periodic re-distillation
     tune: TuneConfig | None = None  # mdistill tune: hyper-parameter search (Ray Tune + ASHA)
+    classify: ClassifyConfig | None = None  # set: `mdistill run` runs the classifier recipe (pipelines/classify.py)
 
     @field_validator("name")
     @classmethod
@@ -472,7 +519,25 @@ class RunConfig(_Strict):
                 TrainConfig.model_validate(self.train.model_dump() | spec.train)
             except ValidationError as e:
                 raise ValueError(f"students[{spec.name}].train: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+        if self.classify is not None:
+            if self.students:
+                raise ValueError("students: the classify recipe trains classify.students, not students:")
+            if self.train.strategy != "ddp" or self.train.grad_accum != 1:
+                raise ValueError("train.strategy / train.grad_accum: the classify recipe trains with DDP, one micro-batch per step")
+            if not self.classify.train_teacher and self.teacher.kind != "classifier":
+                raise ValueError("classify.train_teacher: false loads teacher.model as a classifier: set teacher.kind: classifier")
+        elif self.teacher.kind == "classifier":
+            raise ValueError("teacher.kind: classifier needs a classify: section (the recipe that trains on logits)")
         if self.tune is not None:
+            if self.classify is not None and "metric" not in self.tune.model_fields_set:
+                self.tune.metric = "dev_accuracy"  # the default metric of the classify recipe's search
+            classify_metric = self.tune.metric in ("dev_accuracy", "dev_macro_f1")
+            if self.classify is not None and not classify_metric and self.tune.metric != "loss":
+                raise ValueError(
+                    f"tune.metric: {self.tune.metric} is an embedding metric; the classify recipe reports dev_accuracy, dev_macro_f1, loss"
+                )
+            if self.classify is None and classify_metric:
+                raise ValueError(f"tune.metric: {self.tune.metric} needs a classify: section")
             self._check_tune_space()
             if self.tune.metric.startswith("heldout_") and not self.corpus.heldout_sources:
                 raise ValueError(f"tune.metric: {self.tune.metric} needs corpus.heldout_sources (no source is held out)")
@@ -497,6 +562,8 @@ class RunConfig(_Strict):
         for key, spec in self.tune.space.items():
             if key in TUNE_FORBIDDEN:
                 raise ValueError(f"tune.space.{key}: not searchable: {TUNE_FORBIDDEN[key]}")
+            if key in CLASSIFY_ONLY and self.classify is None:
+                raise ValueError(f"tune.space.{key}: only the classify recipe reads it (this config has no classify: section)")
             section, _, field = key.partition(".")
             if section not in sections or not field or "." in field:
                 raise ValueError(f"tune.space.{key}: only train.<key> and student.<key> can be searched")

@@ -199,3 +199,46 @@ def model_card_info(report: RunReport, student: str) -> CardInfo:
         heldout_summary=report.heldout_summary.get(student),
         config=cfg,
     )
+
+
+def classifier_card(
+    name: str, *, labels: list[str], role: str, base: str, teacher: str, test: dict, task: str, balance: dict[str, dict[str, int]]
+) -> str:
+    """The model card (README.md) of an exported classifier: labels, how it was trained, and its
+    per-language test accuracy / macro-F1 beside the teacher's (``ClassifyReport.test``)."""
+    langs = list(test)
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "language:",
+        *[f"- {_iso639(lang)}" for lang in dict.fromkeys(langs)],
+        "tags: [mdistill, knowledge-distillation, text-classification]",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"A `{role}` classifier for the `{task}` task, trained by mdistill from `{base}` (teacher: `{teacher}`).",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        f'clf = pipeline("text-classification", model="{name}")',
+        'clf("Wählen Sie Format - Zellen, um das Zahlenformat zu ändern.")',
+        "```",
+        "",
+        "## Labels",
+        "",
+        "| id | label | training paragraphs (English) |",
+        "|---|---|---|",
+        *[f"| {i} | {label} | {balance.get('train', {}).get(label, 0)} |" for i, label in enumerate(labels)],
+        "",
+        "## Test accuracy / macro-F1 per language (held-out help files)",
+        "",
+        "| language | this model | teacher |",
+        "|---|---|---|",
+    ]
+    for lang, row in test.items():
+        own, t = row.get(role), row.get("teacher")
+        fmt = lambda m: "–" if m is None else f"{m.accuracy:.3f} / {m.macro_f1:.3f} (n={m.n})"  # noqa: E731
+        lines.append(f"| {lang} | {fmt(own)} | {fmt(t)} |")
+    return "\n".join(lines) + "\n"

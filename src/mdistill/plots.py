@@ -4,6 +4,8 @@ global backend switch, safe in any process).
 - ``metrics_by_language``: grouped bars per language, one bar per model (baselines hatched).
 - ``training_curves``: training loss and the dev metric over steps, one line per student.
 - ``tune_trials``: the tuned metric per trial over iterations.
+- ``classify_by_language``: test accuracy per language, one bar per classifier.
+- ``confusion_matrix``: a classifier's true-vs-predicted counts, row-normalised colours.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from mdistill.report.schema import MetricsTable, TrainLogs, TuneReport
+from mdistill.report.schema import ClassifyTable, MetricsTable, TrainLogs, TuneReport
 
 METRIC_LABELS = {
     "teacher_space_top1": "teacher-space top-1\n(model(xx) → nearest teacher(en))",
@@ -149,4 +151,42 @@ def tune_trials(tune: TuneReport, out: str | Path) -> Path:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(title="trial", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, out)
+
+
+def classify_by_language(table: ClassifyTable, out: str | Path, *, title: str = "") -> Path:
+    """x = languages (rows per language), one bar per classifier (the teacher and baselines hatched), accuracy."""
+    langs = list(table)
+    models = list(dict.fromkeys(m for row in table.values() for m in row))
+    fig = Figure(figsize=(min(20.0, max(7.0, 0.3 * len(langs) * len(models) + 3)), 4.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(models))
+    for i, model in enumerate(models):
+        xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(langs))]
+        ys = [table[lang][model].accuracy if model in table[lang] else 0.0 for lang in langs]
+        hatch = "//" if model in ("teacher", "zero_shot", "translate_train") else None
+        ax.bar(xs, ys, width, color=f"C{i % 10}", hatch=hatch, label=model, edgecolor="white" if hatch else None)
+    ax.set_xticks(range(len(langs)), [f"{lang}\n(n={next(iter(table[lang].values())).n})" for lang in langs])
+    ax.set(ylim=(0, 1), ylabel="accuracy", title=title or "test accuracy per language")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncols=min(6, len(models)), loc="lower center")
+    return _save(fig, out)
+
+
+def confusion_matrix(counts: list[list[int]], labels: list[str], out: str | Path, *, title: str = "") -> Path:
+    """Rows: true label, columns: predicted; colour = the share of the row, text = the count."""
+    import numpy as np
+
+    cm = np.asarray(counts, dtype=float)
+    share = cm / np.maximum(1, cm.sum(1, keepdims=True))
+    fig = Figure(figsize=(1.0 * len(labels) + 2.5, 0.8 * len(labels) + 1.8), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8, color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(im, ax=ax, label="share of the true label's rows")
     return _save(fig, out)

@@ -13,11 +13,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mdistill.log import get_logger
-from mdistill.report.schema import EvalReport, ReportError, RunReport, load_report
+from mdistill.report.schema import ClassifyReport, EvalReport, ReportError, RunReport, load_report
 
 log = get_logger("report")
 
-__all__ = ["EvalReport", "ReportError", "RunReport", "Timings", "load_report", "write_eval", "write_report"]
+__all__ = [
+    "ClassifyReport",
+    "EvalReport",
+    "ReportError",
+    "RunReport",
+    "Timings",
+    "load_report",
+    "write_classify_report",
+    "write_eval",
+    "write_report",
+]
 
 
 class Timings(dict):
@@ -99,3 +109,27 @@ def write_eval(out_dir: Path, result: EvalReport) -> None:
         ],
     )
     (out_dir / "eval.md").write_text(eval_markdown(result))
+
+
+def write_classify_report(out_dir: Path, report: ClassifyReport) -> None:
+    """``report.json``, the PNGs (accuracy per language and model; confusion matrix of the soft
+    student, or the first student, on the test translations) and ``report.md``."""
+    from mdistill import plots
+    from mdistill.report.markdown import render_classify_markdown
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(report.model_dump_json(indent=2))
+    jobs = [
+        (
+            "accuracy_by_language",
+            lambda p: plots.classify_by_language(report.test, p, title=f"Run {report.name}: test accuracy per language"),
+        )
+    ]
+    students = [m for m in report.confusion if m != "teacher"]
+    shown = "soft" if "soft" in students else (students[0] if students else None)
+    if shown:
+        title = f"{shown}: test translations, true (rows) vs predicted"
+        jobs.append(("confusion_matrix", lambda p: plots.confusion_matrix(report.confusion[shown], report.labels, p, title=title)))
+    jobs.append(("training", lambda p: plots.training_curves({n: c.logs for n, c in report.classifiers.items()}, p)))
+    (out_dir / "report.md").write_text(render_classify_markdown(report, _plots(out_dir, jobs)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mdistill.report.schema import METRIC_NAMES, EvalReport, Metrics, MetricsTable, RunReport
+from mdistill.report.schema import METRIC_NAMES, ClassifyReport, ClassifyTable, EvalReport, Metrics, MetricsTable, RunReport
 
 METRIC_LABELS = {
     "teacher_space_top1": "teacher-space top-1",
@@ -31,6 +31,10 @@ def fmt(v, spec: str = ".3f") -> str:
 
 def _columns(metrics: list[Metrics]) -> list[str]:
     return [k for k in METRIC_NAMES if any(getattr(m, k) is not None for m in metrics)]
+
+
+def timings_markdown(timings: dict[str, float]) -> list[str]:
+    return ["## Timings (s)", "", "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.1f} |" for k, v in timings.items()], ""]
 
 
 def metrics_markdown(table: MetricsTable, models: list[str]) -> str:
@@ -135,12 +139,7 @@ def render_markdown(report: RunReport, pngs: dict[str, Path] | None = None) -> s
         "",
         f"Teacher cache: {c.distinct_texts} distinct texts, {c.cache_hits} cache hits, {c.computed} computed (fingerprint `{c.fingerprint[:12]}`).",
         "",
-        "## Timings (s)",
-        "",
-        "| stage | seconds |",
-        "|---|---|",
-        *[f"| {k} | {v:.1f} |" for k, v in report.timings_s.items()],
-        "",
+        *timings_markdown(report.timings_s),
     ]
 
     if report.students:
@@ -225,3 +224,87 @@ def eval_markdown(result: EvalReport) -> str:
         md += ["", f"## STS (`{result.sts['file']}`, {result.sts['n']} pairs)", "", "| model | Spearman | Pearson |", "|---|---|---|"]
         md += [f"| {k} | {v['spearman_cosine']:.4f} | {v['pearson_cosine']:.4f} |" for k, v in result.sts["models"].items()]
     return "\n".join(md) + "\n"
+
+
+CLASSIFY_NOTES = {
+    "teacher": "the English teacher applied to each language as it is",
+    "zero_shot": "the student's encoder + a head trained on the English labels only (the standard transfer baseline)",
+    "translate_train": "the student trained with the gold labels of every language (an upper bound: labels the user does not have)",
+    "soft": "distilled: α·T²·KL(teacher ‖ student) + (1−α)·CE on the English source and every translation",
+    "hard": "distilled: CE to the teacher's argmax",
+    "online": "distilled while the teacher trains beside it (deep mutual learning; teacher logits computed in the loop, not cached)",
+}
+
+
+def classify_table_markdown(table: ClassifyTable) -> str:
+    """One line per model, one column per language: accuracy / macro-F1."""
+    langs = list(table)
+    models = list(dict.fromkeys(m for row in table.values() for m in row))
+    lines = [
+        "| model | " + " | ".join(f"{lang} (n={next(iter(table[lang].values())).n})" for lang in langs) + " |",
+        "|---|" + "---|" * len(langs),
+    ]
+    for m in models:
+        cells = [f"{table[lang][m].accuracy:.3f} / {table[lang][m].macro_f1:.3f}" if m in table[lang] else "–" for lang in langs]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_classify_markdown(report: ClassifyReport, pngs: dict[str, Path] | None = None) -> str:
+    pngs = pngs or {}
+    c = report.config.get("classify", {})
+    lines = [
+        f"# mdistill classify run `{report.name}`",
+        "",
+        f"Task `{report.task}`: {len(report.labels)} labels ({', '.join(report.labels)}); teacher `{report.teacher}`; "
+        f"finished {report.finished}, {report.total_s:.0f} s.",
+        "",
+        "## Test files: accuracy / macro-F1 per language",
+        "",
+        "Help files never trained on (split by file, not by paragraph).",
+        "",
+        classify_table_markdown(report.test),
+        "",
+        *[f"- `{m}`: {CLASSIFY_NOTES[m]}" for m in dict.fromkeys(m for row in report.test.values() for m in row) if m in CLASSIFY_NOTES],
+        "",
+    ]
+    for check, per_lang in report.checks.items():
+        lines.append(f"- check `{check}`: " + ", ".join(f"{lang} {'yes' if ok else 'NO'}" for lang, ok in per_lang.items()))
+    if report.checks:
+        lines.append("")
+    for name in ("accuracy_by_language", "confusion_matrix", "training"):
+        if name in pngs:
+            lines += [f"![{name}]({pngs[name].name})", ""]
+    if report.dev:
+        lines += ["## Dev files: accuracy / macro-F1", "", classify_table_markdown(report.dev), ""]
+    labels = report.labels
+    lines += [
+        "## Class balance (English paragraphs)",
+        "",
+        "| split | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+        *[f"| {s} (used) | " + " | ".join(str(report.balance[s][x]) for x in labels) + " |" for s in report.balance],
+        *[f"| {s} (available) | " + " | ".join(str(report.available[s][x]) for x in labels) + " |" for s in report.available],
+        "",
+        f"Dropped English paragraphs: {report.dropped}. Rows per language: train {report.rows.get('train')}, eval {report.rows.get('eval')}.",
+        f"Caps: classify.max_train_english {c.get('max_train_english')}, max_eval_english {c.get('max_eval_english')}.",
+        "",
+        "## Classifiers",
+        "",
+        "| role | mode | base | train rows | languages | epochs | train layers | params | samples/s | export |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for role, r in report.classifiers.items():
+        rate = f"{r.logs.history[-1].samples_per_s:.0f}" if r.logs.history else "–"
+        lines.append(
+            f"| {role} | {r.mode} | `{Path(r.base).name}` | {r.train_rows} | {', '.join(r.languages)} | {r.epochs} | {r.train_layers} | "
+            f"{r.params / 1e6:.1f}M | {rate} | `{r.export}` |"
+        )
+    tc = report.teacher_cache
+    lines += [
+        "",
+        f"Teacher logits cache `{tc.fingerprint[:12]}`: {tc.distinct_texts} texts, {tc.cache_hits} cached, {tc.computed} computed in {tc.seconds:.1f} s.",
+        "",
+        *timings_markdown(report.timings_s),
+    ]
+    return "\n".join(lines)

@@ -111,6 +111,7 @@ class TrainLogs(_Model):
     dev: list[DevRecord] = []
     resumed_at: list[int] = []  # the optimizer step a restarted worker group or a re-run resumed at
     worker_nodes: list[str] = []  # the Ray node of each rank (by rank) in the last worker group
+    dev_accuracy: list[tuple[int, float]] = []  # classifiers: (step, pooled dev accuracy) when a dev set is given
 
 
 class ExportCheck(_Model):
@@ -223,6 +224,61 @@ class EvalReport(_Model):
     sts: dict[str, Any] | None = None
 
 
+class ClassMetrics(_Model):
+    """A classifier on one language's evaluation rows (``ClassificationEvaluator``)."""
+
+    accuracy: float
+    macro_f1: float
+    n: int
+
+
+ClassifyTable = dict[str, dict[str, ClassMetrics]]  # lang -> model -> metrics
+
+
+class ClassifierReport(_Model):
+    """One trained classifier of the classify recipe (the teacher, a baseline or a distilled student)."""
+
+    role: str  # teacher, zero_shot, translate_train, soft, hard, online
+    mode: str  # supervised, soft, hard, online
+    base: str  # the encoder it started from
+    train_rows: int
+    languages: list[str]  # of its training rows
+    epochs: int
+    train_layers: int | str
+    params: int
+    export: str | None  # the Hugging Face directory (AutoModelForSequenceClassification), with a model card
+    logs: TrainLogs
+
+
+class ClassifyReport(_Model):
+    """``mdistill run`` with a ``classify:`` section: cross-lingual classifier transfer."""
+
+    config: dict[str, Any]
+    finished: str
+    total_s: float
+    timings_s: dict[str, float]
+    driver_peak_rss_mb: dict[str, float] = {}
+    corpus: CorpusSummary
+    corpus_dir: str
+    task: str
+    labels: list[str]
+    balance: dict[str, dict[str, int]]  # English paragraphs used, per split per label
+    available: dict[str, dict[str, int]]  # every usable English paragraph, per split per label
+    dropped: dict[str, int]  # English paragraphs removed (ambiguous label, repeated in a later split)
+    rows: dict[str, dict[str, int]]  # train / eval rows per language
+    teacher: str  # the teacher classifier's directory or id
+    teacher_cache: CachePass
+    classifiers: dict[str, ClassifierReport]  # by role (the teacher too, when mdistill trained it)
+    test: ClassifyTable  # the test files: the headline numbers
+    dev: ClassifyTable = {}
+    confusion: dict[str, list[list[int]]] = {}  # model -> [true][predicted] on every non-English test row
+    checks: dict[str, dict[str, bool]] = {}  # check -> lang -> holds (soft vs zero-shot + 3 points, vs 95% of the teacher's English)
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name", "?"))
+
+
 class ReportError(ValueError):
     pass
 
@@ -249,6 +305,10 @@ def load_report(path: str | Path, kind: type[BaseModel] = RunReport) -> Any:
 __all__ = [
     "METRIC_NAMES",
     "CachePass",
+    "ClassMetrics",
+    "ClassifierReport",
+    "ClassifyReport",
+    "ClassifyTable",
     "CorpusSummary",
     "Counts",
     "DataCounts",

@@ -126,3 +126,34 @@ def results_markdown(t: TuneReport) -> str:
         f"worst {t.worst.trial_id} {t.worst.best:.4f}, gap {t.gap:.4f} ({t.metric}, {t.mode}).",
     ]
     return "\n".join(lines)
+
+
+def search_results(
+    grid, cfg: RunConfig, *, base: dict, experiment: Path, out: Path, concurrent: int, max_t: int, shapes: dict
+) -> TuneReport:
+    """A finished search as a ``TuneReport``: every trial summarised, best and worst, the best
+    trial's config as a runnable ``best_config.yaml`` and the results as ``tune_results.csv``."""
+    import yaml
+
+    from mdistill.tune_space import trial_config
+
+    tc = cfg.tune
+    trials = [trial_summary(r, tc.metric, tc.mode, max_t) for r in grid]
+    scored = [t for t in trials if t.best is not None]
+    if not scored:
+        raise RuntimeError(f"no trial reported {tc.metric}; see {experiment}")
+    best = (max if tc.mode == "max" else min)(scored, key=lambda t: t.best)
+    worst = (min if tc.mode == "max" else max)(scored, key=lambda t: t.best)
+    best_cfg = trial_config(base | {"name": f"{cfg.name}-best", "output_dir": "runs/{name}", "tune": None}, best.config)
+    best_file = out / "best_config.yaml"
+    best_file.write_text(
+        f"# best trial {best.trial_id} of `mdistill tune` {cfg.name}: {tc.metric} {best.best:.4f}\n"
+        + yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    )
+    write_results_csv(out / "tune_results.csv", trials, list(tc.space))
+    return TuneReport(
+        metric=tc.metric, mode=tc.mode, search=tc.search, num_trials=len(trials), max_concurrent_trials=concurrent, max_t=max_t,
+        stopped_early=sum(t.stopped_early for t in trials), experiment=str(experiment), shapes=shapes,
+        trials=trials, best=best, worst=worst, gap=abs(best.best - worst.best), best_config=str(best_file),
+        results_csv=str(out / "tune_results.csv"),
+    )  # fmt: skip

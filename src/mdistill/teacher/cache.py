@@ -38,9 +38,12 @@ def text_key(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
+DOC_FILES = {"README.md"}  # the model card: rewritten with each run's metrics, changes no output
+
+
 def _hash_files(h, root: Path) -> None:
     for p in sorted(root.rglob("*")):
-        if p.is_file() and not p.name.startswith("."):
+        if p.is_file() and not p.name.startswith(".") and p.name not in DOC_FILES:
             h.update(str(p.relative_to(root)).encode())
             with p.open("rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -14,6 +14,8 @@ The three modes (``z_s``, ``z_t``: student and teacher logits; ``y``: gold label
   sum, which is what the code computes.
 - ``hard``: ``CE(z_s, argmax z_t)``: the teacher's predictions as labels (pseudo-labelling).
   Gold labels, α and T are not used.
+- ``supervised``: ``CE(z_s, y)`` over the labelled rows, no teacher: training a teacher, and the
+  zero-shot and translate-train baselines.
 - ``online`` (deep mutual learning, Zhang et al. 2018, https://arxiv.org/abs/1706.00384): the
   teacher trains too. Student loss = the ``soft`` rule of ``z_s`` against the teacher's *detached*
   ``z_t``; teacher loss = the same rule of ``z_t`` against the student's detached ``z_s``. The paper's
@@ -41,8 +43,8 @@ from mdistill.losses.KLDivLoss import KLDivLoss
 from mdistill.teacher.cache import embedding_matrix
 from mdistill.training.step import TextFeatures, warmup_linear
 
-Mode = Literal["soft", "hard", "online"]
-MODES: tuple[str, ...] = ("soft", "hard", "online")
+Mode = Literal["soft", "hard", "online", "supervised"]
+MODES: tuple[str, ...] = ("soft", "hard", "online", "supervised")
 IGNORE = -100  # label of a row without a gold label (torch's cross-entropy ignore_index)
 
 
@@ -96,6 +98,28 @@ class ClassifierStudent(nn.Module):
         for m in self.model.modules():
             if isinstance(m, nn.Dropout):
                 m.p = p
+
+    def freeze_below(self, train_layers: int | str) -> int:
+        """Train only the top ``train_layers`` encoder layers, the pooler and the head (``"all"``:
+        everything, embeddings included); returns the parameters left trainable. The frozen
+        embedding matrix is most of a multilingual model (96M of e5-small's 118M): AdamW over it
+        costs more than the forward pass on a CPU."""
+        for p in self.model.parameters():
+            p.requires_grad = True
+        if train_layers == "all":
+            return sum(p.numel() for p in self.model.parameters())
+        base = getattr(self.model, self.model.base_model_prefix)
+        layers = getattr(getattr(base, "encoder", None), "layer", None)
+        if layers is None:
+            raise ValueError(f"train_layers {train_layers}: {type(base).__name__} has no encoder.layer list; use train_layers: all")
+        if not 1 <= int(train_layers) <= len(layers):
+            raise ValueError(f"train_layers {train_layers}: the model has {len(layers)} layers")
+        for p in base.embeddings.parameters():
+            p.requires_grad = False
+        for layer in layers[: len(layers) - int(train_layers)]:
+            for p in layer.parameters():
+                p.requires_grad = False
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``features``: ``input_ids``, ``attention_mask`` (and optionally ``token_type_ids``) -> logits."""
@@ -166,6 +190,10 @@ def classification_loss(
         return ClassifyLoss(soft_loss(student_logits, teacher_logits.detach(), labels, temperature, alpha))
     if mode == "hard":
         return ClassifyLoss(nn.functional.cross_entropy(student_logits, teacher_logits.detach().argmax(-1)))
+    if mode == "supervised":
+        if not bool((labels != IGNORE).any()):
+            raise ValueError("supervised mode: a batch without any gold label")
+        return ClassifyLoss(nn.functional.cross_entropy(student_logits, labels, ignore_index=IGNORE))
     if mode == "online":
         return ClassifyLoss(
             soft_loss(student_logits, teacher_logits.detach(), labels, temperature, alpha),
@@ -269,8 +297,8 @@ def make_classifier_optimizer(
     hf = _hf(model)
     prefix = hf.base_model_prefix + "."
     named = list(hf.named_parameters())
-    body = [p for n, p in named if n.startswith(prefix)]
-    head = [p for n, p in named if not n.startswith(prefix)]
+    body = [p for n, p in named if n.startswith(prefix) and p.requires_grad]  # frozen layers: not in the optimizer
+    head = [p for n, p in named if not n.startswith(prefix) and p.requires_grad]
     groups = [{"params": body, "lr": lr}, {"params": head, "lr": head_lr or lr}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(total_steps, warmup_ratio))
@@ -315,6 +343,8 @@ def classify_train_step(
     logits = logits_of(model, batch.features()).float()  # the loss in float32, as train_step
     if online:
         t_logits = logits_of(teacher, batch.teacher_features()).float()
+    elif mode == "supervised":
+        t_logits = logits.detach()  # unused: the gold labels are the target
     elif batch.teacher_logits is not None:
         t_logits = batch.teacher_logits.float()
     elif teacher is not None:

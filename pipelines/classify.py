@@ -1,0 +1,189 @@
+"""Cross-lingual classifier transfer: ``mdistill run configs/classify.yaml``.
+
+corpus -> task (LibreOffice help paragraphs labelled by help module, split by help file) ->
+teacher (an English classifier: trained here on the English paragraphs, or loaded) -> the
+teacher's logits of every English source and evaluation row (actor pool, cached) -> one
+TorchTrainer per student, all at once (zero-shot and translate-train baselines; soft, hard,
+online distillation) -> accuracy and macro-F1 per language on the test files -> export + model
+cards -> report. Read it top to bottom; every stage is timed in the report.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+from ray.train.torch import TorchTrainer
+
+from mdistill.assets import resolve_model
+from mdistill.config import RunConfig
+from mdistill.export import classifier_card
+from mdistill.ray_init import init_ray
+from mdistill.report import Timings, write_classify_report
+from mdistill.report.markdown import render_classify_markdown
+from mdistill.report.schema import ClassifierReport, ClassifyReport, CorpusSummary
+from mdistill.stages import cache_pass, classify, train
+from mdistill.stages.classify_data import TaskData, select_task
+from mdistill.stages.corpus import build_corpus
+from mdistill.stages.teacher import open_teacher
+from mdistill.storage import check_shared
+from mdistill.training.classify_loop import classify_loop_per_worker
+
+
+def _trainer(cfg: RunConfig, role: str, rows: pa.Table, loop, scaling) -> TorchTrainer:
+    storage = cfg.output_path / "ray_train"
+    classify.fresh_or_resume(storage / role, loop, classify.table_fingerprint(rows))
+    return TorchTrainer(
+        classify_loop_per_worker,
+        train_loop_config={"loop": loop.model_dump()},
+        scaling_config=scaling,
+        datasets={"train": ray.data.from_arrow(rows)},
+        dataset_config=train.data_config(),
+        run_config=train.run_config(role, storage, loop.train),
+    )
+
+
+def _report_of(role: str, loop, rows: pa.Table, trained: classify.TrainedClassifier, export: str | None) -> ClassifierReport:
+    langs = sorted(set(rows.column("lang").to_pylist()))
+    return ClassifierReport(
+        role=role, mode=loop.mode, base=loop.model_path, train_rows=rows.num_rows, languages=langs, epochs=loop.train.epochs,
+        train_layers=loop.train_layers, params=classify.param_count(trained.model_dir), export=export, logs=trained.logs,
+    )  # fmt: skip
+
+
+def train_teacher(cfg: RunConfig, task: TaskData, timings: Timings) -> tuple[str, ClassifierReport | None]:
+    """The English teacher: ``teacher.model`` fine-tuned on the English training paragraphs (Ray
+    Train), or, with ``classify.train_teacher: false``, ``teacher.model`` as it is."""
+    if not cfg.classify.train_teacher:
+        return resolve_model(cfg.teacher.model, cfg.cache_path), None
+    with timings.stage("teacher_train"):
+        base = resolve_model(cfg.teacher.model, cfg.cache_path)
+        rows = classify.training_rows(task.train, "teacher")
+        scaling, threads = train.scaling(cfg.train)
+        loop = classify.loop_config(
+            cfg, "teacher", model_path=base, rows=rows.num_rows, train=cfg.train, eval_path=None, threads=threads, teacher_base=None
+        )
+        trained = classify.load_trained(_trainer(cfg, "teacher", rows, loop, scaling).fit())
+        exported = classify.export_classifier(trained.model_dir, cfg.output_path / "teacher", card="")
+    return str(exported), _report_of("teacher", loop, rows, trained, str(exported))
+
+
+def run(cfg: RunConfig) -> ClassifyReport:
+    t_start, timings, out, c = time.time(), Timings(), cfg.output_path, cfg.classify
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    init_ray(cfg.ray)
+    check_shared({"cache_dir": cfg.cache_path, "output_dir": out})  # several nodes: every one must see both
+
+    # 1. Corpus and task: labelled help paragraphs (English + translations), split by help file.
+    with timings.stage("corpus"):
+        corpus = build_corpus(cfg.corpus, cfg.cache_path)
+        task = select_task(corpus, cfg.corpus.langs, c.max_train_english, c.max_eval_english)
+        eval_path = out / "task" / "eval.parquet"
+        eval_path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(task.eval, eval_path)  # every worker predicts these rows at the end
+
+    # 2. Teacher: an English classifier, trained on the English training paragraphs or loaded.
+    teacher_dir, teacher_report = train_teacher(cfg, task, timings)
+
+    # 3. Teacher logits of every English training source (the targets) and every evaluation row
+    #    (the teacher-alone baseline), once, on an actor pool, into the content-addressed cache.
+    with timings.stage("teacher"):
+        teacher = open_teacher(cfg.teacher.model_copy(update={"model": teacher_dir, "kind": "classifier"}), cfg.cache_path)
+        texts = pa.concat_arrays([task.english_train().column("text").combine_chunks(), task.eval.column("text").combine_chunks()])
+        sentences = cache_pass.Distinct(ray.data.from_arrow(pa.table({"text": texts})), len(texts))
+        with teacher.cache.lock():
+            todo = cache_pass.plan(teacher.cache, sentences, None)
+            logits = todo.rows.map_batches(teacher.predictor, **teacher.pool_args(ray.nodes())) if todo.rows else None
+            teacher_pass = cache_pass.commit(todo, logits)
+
+    # 4. One TorchTrainer per student, all at once: the baselines and the distilled students.
+    with timings.stage("train"):
+        student_base = resolve_model(cfg.student.model, cfg.cache_path)
+        teacher_base = resolve_model(cfg.teacher.model, cfg.cache_path) if c.train_teacher else teacher_dir
+        all_rows = task.train.num_rows
+        trainers, loops, rows_of = {}, {}, {}
+        for role in c.students:
+            rows_of[role] = classify.training_rows(task.train, role, teacher.cache)
+            tcfg = classify.role_train_config(cfg.train, role, rows_of[role].num_rows, all_rows)
+            scaling, threads = train.scaling(tcfg, concurrent=len(c.students))
+            threads = classify.role_threads(role, threads, tcfg)
+            loops[role] = classify.loop_config(
+                cfg, role, model_path=student_base, rows=rows_of[role].num_rows, train=tcfg, eval_path=eval_path, threads=threads,
+                teacher_base=teacher_base,
+            )  # fmt: skip
+            trainers[role] = _trainer(cfg, role, rows_of[role], loops[role], scaling)
+        trained = {role: classify.load_trained(r) for role, r in train.fit_all(trainers).items()}
+
+    # 5. Evaluate per language on the test (and dev) files: the teacher on every language, each student.
+    with timings.stage("evaluate"):
+        logits_by_model = {"teacher": teacher.cache.lookup(task.eval.column("text").to_pylist(), column="logits")}
+        logits_by_model |= {role: t.eval_logits for role, t in trained.items()}
+        test = classify.metrics_table(task.eval, logits_by_model, "test")
+        dev = classify.metrics_table(task.eval, logits_by_model, "dev")
+        n_labels = len(task.labels)
+        confusion = {m: classify.confusion(task.eval, lg, "test", n_labels) for m, lg in logits_by_model.items()}
+        checks = classify.transfer_checks(test, "soft", of_teacher=c.teacher_tolerance) if "soft" in trained else {}
+
+    # 6. Export every classifier as a Hugging Face directory with its model card.
+    classifiers = {}
+    with timings.stage("export"):
+        card = dict(labels=task.labels, teacher=teacher_dir, test=test, task=c.task, balance=task.balance)
+        if teacher_report is not None:
+            (out / "teacher" / "README.md").write_text(classifier_card("teacher", role="teacher", base=teacher_report.base, **card))
+            classifiers["teacher"] = teacher_report
+        for role, t in trained.items():
+            path = classify.export_classifier(
+                t.model_dir, out / "models" / role, classifier_card(role, role=role, base=student_base, **card)
+            )
+            classifiers[role] = _report_of(role, loops[role], rows_of[role], t, str(path))
+
+    report = ClassifyReport(
+        config=cfg.model_dump(mode="json"),
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        total_s=round(time.time() - t_start, 1),
+        timings_s=dict(timings),
+        driver_peak_rss_mb=timings.peak_rss_mb,
+        corpus=CorpusSummary.model_validate({k: v for k, v in corpus.manifest.items() if k != "files"}),
+        corpus_dir=str(corpus.dir),
+        task=c.task,
+        labels=task.labels,
+        balance=task.balance,
+        available=task.available,
+        dropped=task.dropped,
+        rows={"train": task.rows_per_lang(task.train), "eval": task.rows_per_lang(task.eval)},
+        teacher=teacher_dir,
+        teacher_cache=teacher_pass,
+        classifiers=classifiers,
+        test=test,
+        dev=dev,
+        confusion=confusion,
+        checks=checks,
+    )
+    write_classify_report(out, report)
+    print(render_classify_markdown(report), flush=True)
+    return report
+
+
+def teacher_only(cfg: RunConfig) -> tuple[str, float]:
+    """``mdistill teacher train-classifier``: steps 1 and 2 only; the teacher's English dev accuracy."""
+    from mdistill.encode import load_classifier
+    from mdistill.evaluation.ClassificationEvaluator import ClassificationEvaluator
+
+    init_ray(cfg.ray)
+    c, timings = cfg.classify, Timings()
+    corpus = build_corpus(cfg.corpus, cfg.cache_path)
+    task = select_task(corpus, cfg.corpus.langs, c.max_train_english, c.max_eval_english)
+    path, _ = train_teacher(cfg, task, timings)
+    dev = task.eval.filter(
+        pa.compute.and_(pa.compute.equal(task.eval.column("split"), "dev"), pa.compute.equal(task.eval.column("lang"), "en"))
+    )
+    model, tokenizer = load_classifier(path)
+    acc = ClassificationEvaluator(
+        dev.column("text").to_pylist(), dev.column("label_id").to_pylist(), max_seq_length=cfg.teacher.max_seq_length
+    )(model, tokenizer)
+    return path, acc["accuracy"]

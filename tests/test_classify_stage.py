@@ -1,0 +1,71 @@
+"""The classify recipe's stage pieces without Ray: per-language metrics, the confusion matrix, the
+transfer checks, each role's rows (teacher logits joined by English source) and its steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from mdistill.config import TrainConfig
+from mdistill.stages import classify
+from mdistill.teacher.cache import EmbeddingCache, text_key
+
+
+def _eval_rows() -> pa.Table:
+    return pa.table(
+        {
+            "text": ["a", "b", "c", "A", "B", "C", "d"],
+            "lang": ["en", "en", "en", "de", "de", "de", "en"],
+            "en": ["a", "b", "c", "a", "b", "c", "d"],
+            "label_id": pa.array([0, 1, 1, 0, 1, 1, 0], pa.int64()),
+            "split": ["test"] * 6 + ["dev"],
+        }
+    )
+
+
+def test_metrics_per_language_and_split_use_the_evaluator():
+    rows = _eval_rows()
+    # predictions: en all right; de: row "A" wrong (predicted 1)
+    logits = np.array([[2, 0], [0, 2], [0, 2], [0, 2], [0, 2], [0, 2], [0, 2]], dtype=np.float32)
+    test = classify.metrics_table(rows, {"m": logits}, "test")
+    assert list(test) == ["en", "de"]  # English first
+    assert test["en"]["m"].accuracy == 1.0 and test["en"]["m"].n == 3
+    assert test["de"]["m"].accuracy == pytest.approx(2 / 3)
+    assert test["de"]["m"].macro_f1 == pytest.approx((0 + 0.8) / 2)  # class 0: no hit; class 1: P=2/3, R=1
+    assert classify.metrics_table(rows, {"m": logits}, "dev")["en"]["m"].accuracy == 0.0
+    cm = classify.confusion(rows, logits, "test", 2)  # translations only
+    assert cm == [[0, 1], [0, 2]]
+    assert classify.confusion(rows, logits, "test", 2, english=True) == [[1, 0], [0, 2]]
+
+
+def test_transfer_checks_compare_with_zero_shot_and_the_english_teacher():
+    from mdistill.report.schema import ClassMetrics
+
+    m = lambda a: ClassMetrics(accuracy=a, macro_f1=a, n=10)  # noqa: E731
+    test = {
+        "en": {"teacher": m(0.9), "soft": m(0.9), "zero_shot": m(0.9)},
+        "de": {"teacher": m(0.3), "soft": m(0.86), "zero_shot": m(0.84)},
+    }
+    checks = classify.transfer_checks(test, "soft")
+    assert checks == {"soft_vs_zero_shot": {"de": False}, "soft_vs_teacher_en": {"de": True}}  # +2 points < 3; 0.86 >= 0.855
+    assert classify.transfer_checks(test, "soft", margin=0.02)["soft_vs_zero_shot"] == {"de": True}
+
+
+def test_role_rows_and_steps(tmp_path):
+    train = _eval_rows().drop_columns(["split"])
+    cache = EmbeddingCache(tmp_path, "fp")
+    logits = np.array([[1, 2], [3, 4], [5, 6], [7, 8]], dtype=np.float32)
+    cache.write_table(
+        pa.table({"key": [text_key(t) for t in "abcd"], "logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), 2)})
+    )
+    assert classify.training_rows(train, "zero_shot").column("lang").to_pylist() == ["en"] * 4
+    soft = classify.training_rows(train, "soft", cache)
+    assert soft.num_rows == 7
+    got = np.array(soft.column("logits").to_pylist())
+    want = logits[["abcd".index(e) for e in soft.column("en").to_pylist()]]
+    np.testing.assert_array_equal(got, want)  # every translation carries its English source's logits
+    assert "logits" not in classify.training_rows(train, "translate_train").column_names
+    t = TrainConfig(epochs=1)
+    assert classify.role_train_config(t, "zero_shot", 200, 1000).epochs == 5  # the students' steps
+    assert classify.role_train_config(t, "soft", 1000, 1000) is t

@@ -68,7 +68,17 @@ def train_teacher(cfg: RunConfig, task: TaskData, timings: Timings) -> tuple[str
             cfg, "teacher", model_path=base, rows=rows.num_rows, train=cfg.train, eval_path=None, threads=threads, teacher_base=None
         )
         trained = classify.load_trained(_trainer(cfg, "teacher", rows, loop, scaling).fit())
-        exported = classify.export_classifier(trained.model_dir, cfg.output_path / "teacher", card="")
+        card = classifier_card(
+            "teacher",
+            role="teacher",
+            base=cfg.teacher.model,
+            teacher="(itself)",
+            labels=task.labels,
+            test={},
+            task=cfg.classify.task,
+            balance=task.balance,
+        )  # the run rewrites it with the test metrics
+        exported = classify.export_classifier(trained.model_dir, cfg.output_path / "teacher", card=card)
     return str(exported), _report_of("teacher", loop, rows, trained, str(exported))
 
 

@@ -25,7 +25,6 @@ import torch
 from ray import tune
 from ray.data.expressions import col
 from ray.train.torch import TorchTrainer
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from mdistill.config import RunConfig
 from mdistill.log import get_logger
@@ -43,8 +42,8 @@ from mdistill.stages.tune import (
     DevReportCallback,
     fresh_or_restore,
     results_markdown,
-    search_algorithm,
     search_results,
+    tune_config,
 )
 from mdistill.storage import check_shared
 from mdistill.training.loop import train_loop_per_worker
@@ -114,24 +113,10 @@ def tune_run(cfg: RunConfig) -> RunReport:
         log.info("resuming %s (finished trials are kept)", experiment)
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     else:
-        asha = tc.scheduler.asha
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(tc),
-            tune_config=tune.TuneConfig(
-                metric=tc.metric,
-                mode=tc.mode,
-                search_alg=search_algorithm(cfg, concurrent),
-                scheduler=ASHAScheduler(
-                    time_attr="training_iteration",
-                    max_t=max_t,
-                    grace_period=min(asha.grace_period, max_t),
-                    reduction_factor=asha.reduction_factor,
-                )
-                if asha
-                else FIFOScheduler(),
-                num_samples=tc.num_samples,
-            ),
+            tune_config=tune_config(cfg, concurrent, max_t),
             run_config=tune.RunConfig(name=cfg.name, storage_path=str(storage)),
         )
     with timings.stage("tune"):

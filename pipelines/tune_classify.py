@@ -19,10 +19,10 @@ import ray
 import torch
 from ray import tune
 from ray.train.torch import TorchTrainer
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from mdistill.assets import resolve_model
 from mdistill.config import RunConfig
+from mdistill.export import classifier_card
 from mdistill.log import get_logger
 from mdistill.ray_init import init_ray
 from mdistill.report import Timings, write_report
@@ -37,8 +37,8 @@ from mdistill.stages.tune import (
     DevReportCallback,
     fresh_or_restore,
     results_markdown,
-    search_algorithm,
     search_results,
+    tune_config,
 )
 from mdistill.storage import check_shared
 from mdistill.training.classify_loop import classify_loop_per_worker
@@ -89,7 +89,17 @@ def tune_classify(cfg: RunConfig) -> RunReport:
                 dataset_config=train.data_config(),
                 run_config=train.run_config("teacher", out / "ray_train", loop.train),
             ).fit()
-            teacher_dir = str(classify.export_classifier(classify.load_trained(result).model_dir, out / "teacher", card=""))
+            card = classifier_card(
+                "teacher",
+                role="teacher",
+                base=cfg.teacher.model,
+                teacher="(itself)",
+                labels=task.labels,
+                test={},
+                task=c.task,
+                balance=task.balance,
+            )
+            teacher_dir = str(classify.export_classifier(classify.load_trained(result).model_dir, out / "teacher", card=card))
     with timings.stage("teacher"):
         teacher = open_teacher(cfg.teacher.model_copy(update={"model": teacher_dir, "kind": "classifier"}), cfg.cache_path)
         texts = task.english_train().column("text").combine_chunks()
@@ -123,24 +133,10 @@ def tune_classify(cfg: RunConfig) -> RunReport:
     if tune.Tuner.can_restore(str(experiment)):
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     else:
-        asha = tc.scheduler.asha
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(tc),
-            tune_config=tune.TuneConfig(
-                metric=tc.metric,
-                mode=tc.mode,
-                search_alg=search_algorithm(cfg, concurrent),
-                scheduler=ASHAScheduler(
-                    time_attr="training_iteration",
-                    max_t=max_t,
-                    grace_period=min(asha.grace_period, max_t),
-                    reduction_factor=asha.reduction_factor,
-                )
-                if asha
-                else FIFOScheduler(),
-                num_samples=tc.num_samples,
-            ),
+            tune_config=tune_config(cfg, concurrent, max_t),
             run_config=tune.RunConfig(name=cfg.name, storage_path=str(out / "tune")),
         )
     with timings.stage("tune"):

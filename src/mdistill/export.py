@@ -206,7 +206,7 @@ def classifier_card(
 ) -> str:
     """The model card (README.md) of an exported classifier: labels, how it was trained, and its
     per-language test accuracy / macro-F1 beside the teacher's (``ClassifyReport.test``)."""
-    langs = list(test)
+    langs = list(test) or ["en"]  # a teacher exported before any evaluation: English
     lines = [
         "---",
         "library_name: transformers",

@@ -157,3 +157,22 @@ def search_results(
         trials=trials, best=best, worst=worst, gap=abs(best.best - worst.best), best_config=str(best_file),
         results_csv=str(out / "tune_results.csv"),
     )  # fmt: skip
+
+
+def tune_config(cfg: RunConfig, concurrent: int, max_t: int):
+    """``tune.TuneConfig`` of a search: the metric, the search algorithm and ASHA on Tune
+    iterations (one per dev report; ``scheduler.asha: null``: FIFO, no early stopping)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    tc, asha = cfg.tune, cfg.tune.scheduler.asha
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration", max_t=max_t, grace_period=min(asha.grace_period, max_t), reduction_factor=asha.reduction_factor
+        )
+        if asha
+        else FIFOScheduler()
+    )
+    return tune.TuneConfig(
+        metric=tc.metric, mode=tc.mode, search_alg=search_algorithm(cfg, concurrent), scheduler=scheduler, num_samples=tc.num_samples
+    )

@@ -43,7 +43,7 @@ def _trainer(cfg: RunConfig, role: str, rows: pa.Table, loop, scaling) -> TorchT
         scaling_config=scaling,
         datasets={"train": ray.data.from_arrow(rows)},
         dataset_config=train.data_config(),
-        run_config=train.run_config(role, storage, loop.train),
+        run_config=train.run_config(role, storage, loop.train, worker_env=train.SHARED_CPU_ENV if not loop.train.use_gpu else None),
     )
 
 

@@ -69,13 +69,21 @@ def scaling(train: TrainConfig, concurrent: int = 1) -> tuple[ray.train.ScalingC
     return config, threads
 
 
-def run_config(name: str, storage: Path, train: TrainConfig, callbacks: list | None = None) -> ray.train.RunConfig:
+# OpenMP threads that wait sleep instead of spinning: several trainers on few cores (the classify
+# recipe's five at once) otherwise burn the CPU a busy neighbour needs (measured below, stages.classify).
+SHARED_CPU_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def run_config(
+    name: str, storage: Path, train: TrainConfig, callbacks: list | None = None, worker_env: dict[str, str] | None = None
+) -> ray.train.RunConfig:
     return ray.train.RunConfig(
         name=name,
         storage_path=str(storage),
         failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         callbacks=callbacks,
+        worker_runtime_env={"env_vars": worker_env} if worker_env else None,
     )
 
 

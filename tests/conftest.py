@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -67,9 +68,21 @@ def ray_shared():
     would slow the tests that start their own (a driver to kill, a job to submit) on 2 cores."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster left on this host
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_left_running(request):
+    """A module that leaves Ray initialised in the pytest process makes every later ``ray.init``
+    fail ("called ray.init twice") and loses its instance to the next ``ray stop``: shut it down
+    here and fail that module, not the innocent ones after it."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail(f"{request.module.__name__} left Ray initialised: use the ray_shared fixture or shut it down")
 
 
 def terminal_line(config, text: str) -> None:

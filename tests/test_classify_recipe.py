@@ -37,7 +37,7 @@ def write_help_tree(root: Path, pairs) -> int:
 
 
 @pytest.fixture(scope="module")
-def classify_run(tmp_path_factory, tiny_models, pairs):
+def classify_run(tmp_path_factory, tiny_models, pairs, ray_shared):
     from mdistill.pipelines.classify import run
 
     tmp = tmp_path_factory.mktemp("classify")
@@ -145,7 +145,32 @@ def test_tune_accepts_temperature_and_alpha_only_for_the_classify_recipe(tmp_pat
         load_config(Path(__file__).parents[1] / "configs" / "classify.yaml", ["tune.space={train.alpha: {grid: [1.5]}}"])
 
 
-def test_tune_searches_temperature_and_alpha_and_asha_stops_a_trial(tmp_path, tiny_models, pairs, show):
+def test_teacher_train_classifier_command_exports_a_loadable_teacher(classify_run, tiny_models):
+    """``mdistill teacher train-classifier``: the teacher stage alone (same help tree and cache as the
+    recipe), exported as a Hugging Face classifier with the task's labels and a model card."""
+    from transformers import AutoModelForSequenceClassification
+    from typer.testing import CliRunner
+
+    from mdistill.cli import app
+
+    cfg, _ = classify_run
+    out = cfg.output_path.parent / "teacher_only"
+    args = [
+        f"cache_dir={cfg.cache_path}", f"output_dir={out}", "corpus.langs=[de, fr]", f"teacher.model={tiny_models['teacher']}",
+        "classify.teacher_train_layers=all", "classify.max_train_english=60", "classify.max_eval_english=40", "classify.teacher_epochs=1",
+        "train.batch_size=8",
+    ]  # fmt: skip
+    r = CliRunner().invoke(app, ["teacher", "train-classifier", "configs/classify.yaml", *args])
+    assert r.exit_code == 0, r.output
+    assert f"teacher: {out / 'teacher'}" in r.output and "English dev accuracy" in r.output
+    model = AutoModelForSequenceClassification.from_pretrained(out / "teacher")
+    assert [model.config.id2label[i] for i in range(model.config.num_labels)] == help_topics.labels()
+    assert "- en" in (out / "teacher" / "README.md").read_text()
+
+
+# Last in the module: a trial's Train worker group keeps its placement group (Ray #54305, Train V2
+# inside Tune) until the driver's Ray instance goes, so the module's later trainers would find no CPU.
+def test_tune_searches_temperature_and_alpha_and_asha_stops_a_trial(tmp_path, tiny_models, pairs, show, ray_shared):
     """``mdistill tune`` on a classify config: trials of the soft student over the sampled
     temperature / alpha / lr, ranked by the training loss; a trial whose lr cannot learn (1e-9)
     reaches the first rung behind the one before it (same data, same order, same start) and ASHA
@@ -174,26 +199,3 @@ def test_tune_searches_temperature_and_alpha_and_asha_stops_a_trial(tmp_path, ti
     assert t.best.config["train.lr"] == 3.0e-3
     assert by_lr[1.0e-9].stopped_early and by_lr[1.0e-9].iterations < by_lr[3.0e-3].iterations
     assert t.stopped_early == 1 and Path(t.best_config).exists()
-
-
-def test_teacher_train_classifier_command_exports_a_loadable_teacher(classify_run, tiny_models):
-    """``mdistill teacher train-classifier``: the teacher stage alone (same help tree and cache as the
-    recipe), exported as a Hugging Face classifier with the task's labels and a model card."""
-    from transformers import AutoModelForSequenceClassification
-    from typer.testing import CliRunner
-
-    from mdistill.cli import app
-
-    cfg, _ = classify_run
-    out = cfg.output_path.parent / "teacher_only"
-    args = [
-        f"cache_dir={cfg.cache_path}", f"output_dir={out}", "corpus.langs=[de, fr]", f"teacher.model={tiny_models['teacher']}",
-        "classify.teacher_train_layers=all", "classify.max_train_english=60", "classify.max_eval_english=40", "classify.teacher_epochs=1",
-        "train.batch_size=8",
-    ]  # fmt: skip
-    r = CliRunner().invoke(app, ["teacher", "train-classifier", "configs/classify.yaml", *args])
-    assert r.exit_code == 0, r.output
-    assert f"teacher: {out / 'teacher'}" in r.output and "English dev accuracy" in r.output
-    model = AutoModelForSequenceClassification.from_pretrained(out / "teacher")
-    assert [model.config.id2label[i] for i in range(model.config.num_labels)] == help_topics.labels()
-    assert "- en" in (out / "teacher" / "README.md").read_text()

@@ -115,7 +115,7 @@ from conftest import teacher_pass
 from mdistill.config import TeacherConfig
 model, root, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 texts = [line for line in Path(sys.argv[4]).read_text().split("\\n") if line][:n]
-ray.init(num_cpus=2, include_dashboard=False)
+ray.init(address="local", num_cpus=2, include_dashboard=False)
 _, st = teacher_pass(TeacherConfig(model=model, batch_size=16), texts, root)
 print("COMPUTED", st.computed)
 """

@@ -51,7 +51,7 @@ def test_trimmed_model_gives_the_same_vectors_for_covered_text(tmp_path, pairs, 
     assert small.tokenizer(corpus[:3])["input_ids"] != full.tokenizer(corpus[:3])["input_ids"]  # really remapped
 
 
-def test_cli_trims_with_a_corpus_folder(tmp_path, pairs):
+def test_cli_trims_with_a_corpus_folder(tmp_path, pairs, ray_shared):  # the corpus is read by Ray Data
     import pyarrow as pa
     import pyarrow.parquet as pq
     from typer.testing import CliRunner

@@ -18,6 +18,15 @@ def init_ray(cfg: RayConfig) -> None:
     if cfg.address:
         ray.init(address=cfg.address, runtime_env={"env_vars": env})
     else:
-        ray.init(num_cpus=cfg.num_cpus, dashboard_host=cfg.dashboard_host, include_dashboard=True, runtime_env={"env_vars": env})
+        # "local": a new instance even if a `ray start` cluster (or a stale one's address file) is
+        # on this host; a Ray job's driver (RAY_ADDRESS set by the job supervisor) joins its cluster
+        address = None if os.environ.get("RAY_ADDRESS") else "local"
+        ray.init(
+            address=address,
+            num_cpus=cfg.num_cpus,
+            dashboard_host=cfg.dashboard_host,
+            include_dashboard=True,
+            runtime_env={"env_vars": env},
+        )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True

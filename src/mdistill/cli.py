@@ -43,7 +43,10 @@ def run(
         models = "  ".join(f"{role}: {c.export}" for role, c in result.classifiers.items())
         typer.echo(f"report: {cfg.output_path / 'report.md'}  models: {models}")
         return
-    from mdistill.pipelines.run import run as run_pipeline
+    if cfg.static is not None:
+        from mdistill.pipelines.static import run as run_pipeline
+    else:
+        from mdistill.pipelines.run import run as run_pipeline
 
     report = run_pipeline(cfg)
     models = "  ".join(f"{name}: {s.export.path}" for name, s in report.students.items())

@@ -483,6 +483,20 @@ class ClassifyConfig(_Strict):
         return v
 
 
+class StaticConfig(_Strict):
+    """A static (Model2Vec-style) student (``mdistill run configs/static.yaml``): token vectors
+    distilled from a transformer, corpus SIF weights, then trained on the cached teacher vectors
+    of every English source and translation (``models/static.py``, ``training/static_step.py``).
+    Trained with ``train.epochs`` / ``batch_size`` / ``lr`` / ``workers`` / ``max_steps``."""
+
+    # The transformer the token vectors come from: None = the `student:` section as built (its
+    # trim_vocab / keep_layers apply), or a path / packaged name / HF id of a sentence-transformers
+    # model (e.g. a student mdistill exported). It is encoded beside the static student as a baseline.
+    from_model: str | None = None
+    sif_a: float = Field(1e-3, gt=0)  # SIF weight a / (a + p(token)), p from the corpus's token counts
+    baseline_source: bool = True  # evaluate the source transformer on the same rows (own space)
+
+
 class RunConfig(_Strict):
     name: str = "default"  # in output_dir, schedule.state_dir/runs_dir and job ids: a path component
     seed: int = 0
@@ -503,6 +517,7 @@ class RunConfig(_Strict):
     schedule: ScheduleConfig | None = None  # mdistill schedule: periodic re-distillation
     tune: TuneConfig | None = None  # mdistill tune: hyper-parameter search (Ray Tune + ASHA)
     classify: ClassifyConfig | None = None  # set: `mdistill run` runs the classifier recipe (pipelines/classify.py)
+    static: StaticConfig | None = None  # set: `mdistill run` trains a static student (pipelines/static.py)
 
     @field_validator("name")
     @classmethod
@@ -528,6 +543,15 @@ class RunConfig(_Strict):
                 raise ValueError("classify.train_teacher: false loads teacher.model as a classifier: set teacher.kind: classifier")
         elif self.teacher.kind == "classifier":
             raise ValueError("teacher.kind: classifier needs a classify: section (the recipe that trains on logits)")
+        if self.static is not None:
+            if self.classify is not None or self.students:
+                raise ValueError("static: the static recipe trains one static student: no classify: or students: with it")
+            if self.train.strategy != "ddp" or self.train.grad_accum != 1 or self.train.use_gpu:
+                raise ValueError(
+                    "train.strategy / grad_accum / use_gpu: the static student trains with DDP on CPU, one micro-batch per step"
+                )
+            if self.tune is not None:
+                raise ValueError("tune: the search runs the embedding or classify recipe, not the static one")
         if self.tune is not None:
             if self.classify is not None and "metric" not in self.tune.model_fields_set:
                 self.tune.metric = "dev_accuracy"  # the default metric of the classify recipe's search

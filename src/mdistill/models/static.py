@@ -1,0 +1,73 @@
+"""Static (Model2Vec-style) students: one vector per token, a sentence is the weighted mean.
+
+The token vectors are distilled from a transformer with ``model2vec`` (each vocabulary piece
+passed through the model, mean-pooled: Tulkens & van Dongen, "Model2Vec", 2024), no PCA (the
+student stays in the teacher's dimension, so it can be trained on the cached teacher vectors
+and exported without a head). Token weights are SIF (Arora, Liang & Ma, "A Simple but
+Tough-to-Beat Baseline for Sentence Embeddings", ICLR 2017): ``a / (a + p(w))`` with ``p(w)``
+the piece's frequency **in the corpus** (counted with the static model's own tokenizer), not
+model2vec's rank-Zipf estimate; a piece never seen in the corpus gets weight 1.
+
+The export is model2vec's own format (``StaticModel.save_pretrained``), which model2vec and
+sentence-transformers (``StaticEmbedding`` + ``Normalize``) both load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_SIF_A = 1e-3
+
+
+def distil_static(model_path: str | Path):
+    """Token vectors of a sentence-transformers (or plain HF) model, unweighted: a
+    ``model2vec.StaticModel`` with the model's vocabulary and output dimension."""
+    from model2vec.distill import distill_from_model
+    from transformers import AutoModel, AutoTokenizer
+
+    model, tokenizer = AutoModel.from_pretrained(str(model_path)), AutoTokenizer.from_pretrained(str(model_path))
+    # no PCA: the teacher's dimension; no SIF here: corpus frequencies are applied by with_sif_weights
+    return distill_from_model(model, tokenizer, pca_dims=None, sif_coefficient=None, quantize_to="float32")
+
+
+def token_counts(tokenizer, texts: Iterable[str], vocab_size: int) -> np.ndarray:
+    """How often each piece of ``tokenizer`` (a ``tokenizers.Tokenizer``, e.g. ``StaticModel.tokenizer``)
+    occurs in ``texts``, tokenised as the static model encodes them (no special tokens). Counts of
+    several batches add up."""
+    ids = [e.ids for e in tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
+    flat = np.fromiter((i for x in ids for i in x), dtype=np.int64)
+    return np.bincount(flat, minlength=vocab_size)[:vocab_size]
+
+
+def sif_weights(counts: np.ndarray, a: float = DEFAULT_SIF_A) -> np.ndarray:
+    """``a / (a + p(w))``, ``p(w) = count / total``: frequent pieces count less. Unseen: 1."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or (counts < 0).any():
+        raise ValueError("token counts must be a 1-d array of non-negative counts")
+    if a <= 0:
+        raise ValueError(f"SIF a must be > 0, got {a}")
+    total = counts.sum()
+    p = counts / total if total > 0 else np.zeros_like(counts)
+    return (a / (a + p)).astype(np.float32)
+
+
+def with_sif_weights(static, counts: np.ndarray, a: float = DEFAULT_SIF_A):
+    """The same token vectors with corpus SIF weights as the model's token weights (trainable
+    when the model is fine-tuned; folded into the vectors at export)."""
+    from model2vec import StaticModel
+
+    vectors = np.asarray(static.embedding, dtype=np.float32)
+    if len(counts) != len(vectors):
+        raise ValueError(f"{len(counts)} token counts for a vocabulary of {len(vectors)} pieces")
+    return StaticModel(
+        vectors=vectors,
+        tokenizer=static.tokenizer,
+        config=static.config,
+        normalize=True,  # the teacher's sentence vectors are unit length
+        base_model_name=static.base_model_name,
+        language=static.language,
+        weights=sif_weights(counts, a),
+    )

@@ -2,9 +2,10 @@
 
 corpus -> selection -> teacher (cached) -> source transformer (the `student:` section built, or
 ``static.from_model``) -> Model2Vec distillation + corpus SIF weights -> training rows (joined on
-Ray Data: every English source and translation with the teacher vector of its English) -> Ray
-Train (DDP) -> evaluate on the dev (in-domain) and held-out (out-of-domain) samples beside the
-teacher, the untrained static model and the source transformer -> export (model2vec format,
+Ray Data: every English source and translation with the teacher vector of its English) -> a
+least-squares map to the teacher's space folded into the token vectors -> Ray Train (DDP) ->
+evaluate on the dev (in-domain) and held-out (out-of-domain) samples beside the teacher, the
+untrained static model, its linear map and the source transformer -> export (model2vec format,
 checked in model2vec and sentence-transformers) + model card -> report.
 """
 
@@ -63,12 +64,16 @@ def run(cfg) -> RunReport:
         source = static.source_model(cfg, data)
         init = static.build_static(cfg.static, source, data, out / "static")
 
-    # 4. Ray Train: the static model fitted to the teacher vectors (DDP over gloo).
+    # 4. The training rows (every English source and translation with the teacher vector of its
+    #    English), a linear map from the distilled space to the teacher's folded into the token
+    #    vectors, then Ray Train: the static model fitted to the teacher vectors (DDP over gloo).
+    rows, n_rows = static.training_rows(data, teacher.cache)
+    with timings.stage("linear_map"):
+        start = static.fit_map(init, rows, cfg.static.map_ridge, out / "static") if cfg.static.map_ridge is not None else init
     with timings.stage("train"):
-        rows, n_rows = static.training_rows(data, teacher.cache)
         storage = out / "ray_train"
         scaling, threads = train.scaling(cfg.train)
-        loop = StaticLoopConfig(init_path=str(init.path), train_rows=n_rows, threads=threads, seed=cfg.seed, train=cfg.train)
+        loop = StaticLoopConfig(init_path=str(start.path), train_rows=n_rows, threads=threads, seed=cfg.seed, train=cfg.train)
         static.fresh_or_resume(storage / NAME, loop, teacher_pass.fingerprint)
         result = TorchTrainer(
             static_loop_per_worker,
@@ -87,6 +92,8 @@ def run(cfg) -> RunReport:
         teacher_vecs = teacher_dev_vectors(pa.concat_tables([data.dev, data.heldout]), teacher.cache)
         ours = static.static_vectors(model_dir, texts)
         vectors_by_model = {"teacher": teacher_vecs, "untrained": static.static_vectors(init.path, texts), NAME: ours}
+        if start is not init:
+            vectors_by_model["linear_map"] = static.static_vectors(start.path, texts)
         if cfg.static.baseline_source:
             vectors_by_model["source_transformer"] = ray.get(static.transformer_vectors.remote(init.source, texts, cfg.eval.batch_size))
         baselines = [m for m in vectors_by_model if m != NAME]
@@ -99,7 +106,7 @@ def run(cfg) -> RunReport:
         check, params = static.export_static(model_dir, out / "model", ours)
 
     student = StudentReport(
-        model=init.source, built_from=init.steps, params=params, layers=0, train_layers="all", projection="none",
+        model=init.source, built_from=start.steps, params=params, layers=0, train_layers="all", projection="none",
         strategy="ddp", loss="mse", logs=trained.logs, states_cache=None, training_set=f"{data.fingerprint}-{teacher_pass.fingerprint}", export=check,
     )  # fmt: skip
     report = RunReport(

@@ -84,3 +84,25 @@ def test_trained_static_student_moves_translations_onto_the_teacher_and_exports_
     st = SentenceTransformer(str(tmp_path / "static"), device="cpu")
     assert np.abs(loaded.encode(text[:20]) - ours).max() < 1e-5
     assert np.abs(st.encode(text[:20]) - ours).max() < 1e-5
+
+
+def test_a_linear_map_of_the_token_vectors_maps_every_sentence_vector_exactly(static_and_texts):
+    from mdistill.models.split import gram_sums, linear_from_sums
+    from mdistill.models.static import with_linear_map
+
+    static, pairs = static_and_texts
+    texts = list(pairs.text[:120])
+    weighted = with_sif_weights(static, token_counts(static.tokenizer, texts, len(static.embedding)))
+    x = weighted.encode(texts, normalize=False)
+    # targets that are an exact linear image of the unnormalised sentence vectors: the fit finds
+    # the map, and folded into the token vectors it gives the normalised targets
+    w_true = np.random.default_rng(0).normal(size=(static.dim, 24))
+    y = x @ w_true
+    w = linear_from_sums(gram_sums(x, y))
+    assert w.shape == (static.dim, 24)
+    mapped = with_linear_map(weighted, w)
+    want = y / np.linalg.norm(y, axis=1, keepdims=True)
+    assert np.abs(mapped.encode(texts) - want).max() < 1e-4
+    assert mapped.weights is weighted.weights
+    # the ridge shrinks the map (and only makes sense relative to x'x's scale)
+    assert np.linalg.norm(linear_from_sums(gram_sums(x, y), ridge=1.0)) < np.linalg.norm(w)

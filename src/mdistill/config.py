@@ -495,6 +495,9 @@ class StaticConfig(_Strict):
     from_model: str | None = None
     sif_a: float = Field(1e-3, gt=0)  # SIF weight a / (a + p(token)), p from the corpus's token counts
     baseline_source: bool = True  # evaluate the source transformer on the same rows (own space)
+    # Least squares from the distilled vectors to the teacher's, folded into the token vectors: the
+    # linear-map baseline and training's start (the source's space is not the teacher's). null: off.
+    map_ridge: float | None = Field(1e-3, ge=0)  # L2 of that map, relative to the mean eigenvalue of x'x
 
 
 class RunConfig(_Strict):

@@ -195,6 +195,17 @@ def lstsq_from_sums(s: dict[str, np.ndarray], ridge: float = 0.0) -> nn.Linear:
     return lin
 
 
+def linear_from_sums(s: dict[str, np.ndarray], ridge: float = 0.0) -> np.ndarray:
+    """The least-squares linear map **without intercept**, ``W`` (d x k) minimising
+    ``|xW - y|² + ridge·mean_eig(x'x)·|W|²``, from ``gram_sums``. For maps that must commute with
+    a mean over tokens (a static student's token vectors: ``mean(E)W = mean(EW)``, which a bias
+    scaled by token weights would break)."""
+    sxx = np.array(s["sxx"], dtype=np.float64)
+    if ridge > 0:
+        sxx[np.diag_indices_from(sxx)] += ridge * np.trace(sxx) / len(sxx)
+    return np.linalg.lstsq(sxx, s["sxy"], rcond=None)[0]
+
+
 def lstsq_dense(x: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> nn.Linear:
     """``lstsq_from_sums`` on rows held in memory."""
     return lstsq_from_sums(gram_sums(x, y), ridge)

@@ -71,3 +71,21 @@ def with_sif_weights(static, counts: np.ndarray, a: float = DEFAULT_SIF_A):
         language=static.language,
         weights=sif_weights(counts, a),
     )
+
+
+def with_linear_map(static, w: np.ndarray):
+    """The token vectors mapped by ``w`` (d x k): a sentence vector is a weighted mean of token
+    vectors, so mapping every token vector maps the mean exactly (the normalisation comes after).
+    The linear-map baseline of a static student, and where its training starts."""
+    from model2vec import StaticModel
+
+    vectors = np.asarray(static.embedding, dtype=np.float64) @ np.asarray(w, dtype=np.float64)
+    return StaticModel(
+        vectors=vectors.astype(np.float32),
+        tokenizer=static.tokenizer,
+        config=static.config,
+        normalize=True,
+        base_model_name=static.base_model_name,
+        language=static.language,
+        weights=static.weights,
+    )

@@ -11,7 +11,7 @@ import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,9 @@ from mdistill.log import get_logger
 from mdistill.report.schema import ExportCheck
 from mdistill.stages.cache_pass import join_files
 from mdistill.stages.select import Selection
+from mdistill.stages.student import streamed_sums
 from mdistill.stages.train import SETTINGS_FILE
-from mdistill.teacher.cache import EmbeddingCache
+from mdistill.teacher.cache import EmbeddingCache, embedding_matrix
 
 log = get_logger("static")
 
@@ -120,6 +121,40 @@ def training_rows(data: Selection, teacher: EmbeddingCache) -> tuple[ray.data.Da
     joined = join_files(rows, [str(p) for p in teacher.readable_shards()], key="key", left_key="en_key", columns=["embedding"])
     n = data.counts.train_english + sum(data.counts.train_pairs.values())
     return joined.rename_columns({"embedding": "target"}).select_columns(["text", "target"]), n
+
+
+@lru_cache(maxsize=2)
+def _static_model(path: str):
+    from model2vec import StaticModel
+
+    return StaticModel.from_pretrained(path)
+
+
+def _unnormalised_and_target(batch: pa.Table, *, path: str) -> tuple[np.ndarray, np.ndarray]:
+    # the weighted token mean before normalisation: the quantity a token-level map acts on
+    x = _static_model(path).encode(batch.column("text").to_pylist(), normalize=False, use_multiprocessing=False)
+    return x, embedding_matrix(batch.column("target"))
+
+
+def fit_map(init: StaticInit, rows: ray.data.Dataset, ridge: float, out_dir: Path) -> StaticInit:
+    """Least squares from the distilled model's (unnormalised) sentence vectors to the teacher
+    vectors of the training rows, from sums streamed over Ray Data, folded into the token vectors
+    (``with_linear_map``): the linear-map baseline, and where training starts. The source
+    transformer's space is not the teacher's, so without it training starts near-orthogonal."""
+    from model2vec import StaticModel
+
+    from mdistill.models.split import linear_from_sums
+    from mdistill.models.static import with_linear_map
+
+    sums = streamed_sums(rows.select_columns(["text", "target"]), partial(_unnormalised_and_target, path=str(init.path)))
+    w = linear_from_sums(sums, ridge)
+    mapped = with_linear_map(StaticModel.from_pretrained(str(init.path)), w)
+    path = out_dir / "linear_map"
+    shutil.rmtree(path, ignore_errors=True)
+    mapped.save_pretrained(str(path))
+    log.info("static: linear map %dx%d fitted on %d rows (ridge %g)", *w.shape, int(sums["n"]), ridge)
+    steps = [*init.steps, {"step": "linear_map", "rows": int(sums["n"]), "ridge": ridge}]
+    return StaticInit(path, init.source, steps, init.vocab, w.shape[1])
 
 
 def fresh_or_resume(run_path: Path, loop, teacher_fingerprint: str) -> None:

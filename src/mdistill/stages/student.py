@@ -20,9 +20,12 @@ import hashlib
 import json
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -241,9 +244,31 @@ def gc_training_sets(root: Path, *, unused_days: float | None = None, min_age_s:
 SUMS_BATCH_ROWS = 1 << 16  # ~200 MB of pooled + target per task; every batch sends ~2.4 MB of sums to the driver
 
 
-def _sums_batch(batch: pa.Table) -> pa.Table:
-    s = gram_sums(embedding_matrix(batch.column("pooled")), embedding_matrix(batch.column("target")))
+def _pooled_target(batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    return embedding_matrix(batch.column("pooled")), embedding_matrix(batch.column("target"))
+
+
+def _sums_batch(batch: pa.Table, *, xy: Callable[[pa.Table], tuple[np.ndarray, np.ndarray]]) -> pa.Table:
+    s = gram_sums(*xy(batch))
     return pa.table({k: pa.array([v.ravel()], pa.list_(pa.float64())) for k, v in s.items()})
+
+
+def streamed_sums(ds: ray.data.Dataset, xy: Callable[[pa.Table], tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``gram_sums`` of ``xy(batch)`` (the inputs and targets of a least-squares fit) over every
+    row of ``ds``, computed block by block where the blocks are and added up in the driver."""
+    # blocks summed in file order: the same bits on every run, so a re-run's map is byte-identical
+    # and a training that starts from it resumes (the resume stamp hashes it)
+    ds.context.execution_options.preserve_order = True
+    total = None
+    # big batches: the driver receives one set of sums per batch, so few batches keep it flat
+    sums = ds.map_batches(partial(_sums_batch, xy=xy), batch_size=SUMS_BATCH_ROWS, batch_format="pyarrow")
+    for block in sums.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for i in range(block.num_rows):  # numpy straight from Arrow: no Python float per entry
+            total = add_sums(total, {k: block.column(k)[i].values.to_numpy() for k in block.column_names})
+    if total is None:
+        raise ValueError("no training rows to fit a linear map on")
+    d, k = len(total["sx"]), len(total["sy"])
+    return {**total, "n": total["n"].reshape(()), "sxx": total["sxx"].reshape(d, d), "sxy": total["sxy"].reshape(d, k)}
 
 
 @dataclass
@@ -255,18 +280,8 @@ class LinearMaps:
 
 def fit_linear_maps(ts: TrainingSet, cfg: StudentConfig, name: str) -> LinearMaps:
     train = ray.data.read_parquet(str(ts.train_dir)).select_columns(["pooled", "target"])
-    # blocks summed in file order: the same bits on every run, so a re-run's head is byte-identical
-    # and its training resumes (the resume stamp hashes the head)
-    train.context.execution_options.preserve_order = True
-    total = None
-    # big batches: the driver receives one set of sums per batch, so few batches keep it flat
-    for block in train.map_batches(_sums_batch, batch_size=SUMS_BATCH_ROWS, batch_format="pyarrow").iter_batches(
-        batch_size=None, batch_format="pyarrow"
-    ):
-        for i in range(block.num_rows):  # numpy straight from Arrow: no Python float per entry
-            total = add_sums(total, {k: block.column(k)[i].values.to_numpy() for k in block.column_names})
+    total = streamed_sums(train, _pooled_target)
     d, k = len(total["sx"]), len(total["sy"])
-    total = {**total, "n": total["n"].reshape(()), "sxx": total["sxx"].reshape(d, d), "sxy": total["sxy"].reshape(d, k)}
     if cfg.projection == "none" and d != k:
         raise ValueError(f"{name}: student.projection=none needs equal dimensions, but the student has {d} and the teacher {k}")
     head = {"lstsq": lambda: lstsq_from_sums(total, cfg.head_ridge), "random": lambda: torch.nn.Linear(d, k), "none": lambda: None}[

@@ -54,38 +54,32 @@ def sif_weights(counts: np.ndarray, a: float = DEFAULT_SIF_A) -> np.ndarray:
     return (a / (a + p)).astype(np.float32)
 
 
+def _replaced(static, vectors: np.ndarray, weights: np.ndarray | None):
+    """``static`` with other token vectors and weights (its tokenizer and metadata kept),
+    normalised: the teacher's sentence vectors are unit length."""
+    from model2vec import StaticModel
+
+    return StaticModel(
+        vectors=np.asarray(vectors, dtype=np.float32),
+        tokenizer=static.tokenizer,
+        config=static.config,
+        normalize=True,
+        base_model_name=static.base_model_name,
+        language=static.language,
+        weights=weights,
+    )
+
+
 def with_sif_weights(static, counts: np.ndarray, a: float = DEFAULT_SIF_A):
     """The same token vectors with corpus SIF weights as the model's token weights (trainable
     when the model is fine-tuned; folded into the vectors at export)."""
-    from model2vec import StaticModel
-
-    vectors = np.asarray(static.embedding, dtype=np.float32)
-    if len(counts) != len(vectors):
-        raise ValueError(f"{len(counts)} token counts for a vocabulary of {len(vectors)} pieces")
-    return StaticModel(
-        vectors=vectors,
-        tokenizer=static.tokenizer,
-        config=static.config,
-        normalize=True,  # the teacher's sentence vectors are unit length
-        base_model_name=static.base_model_name,
-        language=static.language,
-        weights=sif_weights(counts, a),
-    )
+    if len(counts) != len(static.embedding):
+        raise ValueError(f"{len(counts)} token counts for a vocabulary of {len(static.embedding)} pieces")
+    return _replaced(static, static.embedding, sif_weights(counts, a))
 
 
 def with_linear_map(static, w: np.ndarray):
     """The token vectors mapped by ``w`` (d x k): a sentence vector is a weighted mean of token
     vectors, so mapping every token vector maps the mean exactly (the normalisation comes after).
     The linear-map baseline of a static student, and where its training starts."""
-    from model2vec import StaticModel
-
-    vectors = np.asarray(static.embedding, dtype=np.float64) @ np.asarray(w, dtype=np.float64)
-    return StaticModel(
-        vectors=vectors.astype(np.float32),
-        tokenizer=static.tokenizer,
-        config=static.config,
-        normalize=True,
-        base_model_name=static.base_model_name,
-        language=static.language,
-        weights=static.weights,
-    )
+    return _replaced(static, np.asarray(static.embedding, dtype=np.float64) @ np.asarray(w, dtype=np.float64), static.weights)

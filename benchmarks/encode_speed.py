@@ -2,7 +2,7 @@
 (layers pruned + vocabulary trimmed) and a static student, on the same sentences.
 
     python benchmarks/encode_speed.py --n 2000 --out benchmarks/results/encode_speed.json
-    python benchmarks/encode_speed.py --static runs/static/model   # a trained static student
+    python benchmarks/encode_speed.py --static runs/static/model --compressed runs/compress/model   # trained students
 
 Transformers encode with ``SentenceTransformer.encode`` (batch 64, max 128 tokens, fp32, all
 cores); the static student with ``model2vec.StaticModel.encode`` (batch 1024, one process).
@@ -56,7 +56,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="sentences per model (the fixture's en/de/fr texts, cycled)")
     ap.add_argument("--teacher", default="all-MiniLM-L6-v2")
     ap.add_argument("--student", default="multilingual-e5-small")
-    ap.add_argument("--keep-layers", default="0,3,7,11", help="the compressed student's layers")
+    ap.add_argument("--keep-layers", default="0,6,11", help="the compressed student's layers (configs/compress.yaml's)")
+    ap.add_argument("--compressed", type=Path, help="a compressed student (sentence-transformers dir); default: built here, untrained")
     ap.add_argument("--static", type=Path, help="a static student (model2vec dir); default: distilled here from the compressed one")
     ap.add_argument("--cache-dir", type=Path, default=Path("~/.cache/mdistill").expanduser())
     ap.add_argument("--repeats", type=int, default=2)
@@ -69,12 +70,16 @@ def main() -> None:
 
     teacher = resolve_model(a.teacher, a.cache_dir)
     student = resolve_model(a.student, a.cache_dir)
-    compressed = build_student(
-        StudentConfig(model=a.student, keep_layers=[int(x) for x in a.keep_layers.split(",")], trim_vocab=True),
-        a.cache_dir,
-        used_ids=lambda d, p: used_token_ids(SentenceTransformer(d, device="cpu").tokenizer, [p + t for t in pool]),
-        corpus_key="benchmark-fixture",
-    )["path"]
+    compressed = (
+        str(a.compressed)
+        if a.compressed
+        else build_student(
+            StudentConfig(model=a.student, keep_layers=[int(x) for x in a.keep_layers.split(",")], trim_vocab=True),
+            a.cache_dir,
+            used_ids=lambda d, p: used_token_ids(SentenceTransformer(d, device="cpu").tokenizer, [p + t for t in pool]),
+            corpus_key="benchmark-fixture",
+        )["path"]
+    )
     tmp = tempfile.mkdtemp()
     if a.static is None:
         static_dir = Path(tmp) / "static"

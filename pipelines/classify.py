@@ -11,7 +11,6 @@ cards -> report. Read it top to bottom; every stage is timed in the report.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,7 +24,7 @@ from mdistill.export import classifier_card
 from mdistill.ray_init import init_ray
 from mdistill.report import Timings, write_classify_report
 from mdistill.report.markdown import render_classify_markdown
-from mdistill.report.schema import ClassifierReport, ClassifyReport, CorpusSummary
+from mdistill.report.schema import ClassifierReport, ClassifyReport
 from mdistill.stages import cache_pass, classify, train
 from mdistill.stages.classify_data import TaskData, select_task
 from mdistill.stages.corpus import build_corpus
@@ -152,14 +151,11 @@ def run(cfg: RunConfig) -> ClassifyReport:
             )
             classifiers[role] = _report_of(role, loops[role], rows_of[role], t, str(path))
 
-    report = ClassifyReport(
-        config=cfg.model_dump(mode="json"),
-        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        total_s=round(time.time() - t_start, 1),
-        timings_s=dict(timings),
-        driver_peak_rss_mb=timings.peak_rss_mb,
-        corpus=CorpusSummary.model_validate({k: v for k, v in corpus.manifest.items() if k != "files"}),
-        corpus_dir=str(corpus.dir),
+    report = ClassifyReport.of_run(
+        cfg.model_dump(mode="json"),
+        t_start,
+        timings,
+        corpus,
         task=c.task,
         labels=task.labels,
         balance=task.balance,

@@ -10,7 +10,6 @@ Ray Data and the training workers.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -25,7 +24,7 @@ from mdistill.export import model_card_info, write_model_card
 from mdistill.ray_init import init_ray
 from mdistill.report import Timings, write_report
 from mdistill.report.markdown import render_markdown
-from mdistill.report.schema import CachePass, CorpusSummary, RunReport, StudentReport
+from mdistill.report.schema import CachePass, RunReport, StudentReport
 from mdistill.stages import cache_pass, student, train
 from mdistill.stages.corpus import build_corpus
 from mdistill.stages.evaluate import student_dev_vectors, teacher_dev_vectors
@@ -138,14 +137,11 @@ def run(cfg: RunConfig) -> RunReport:
             )  # fmt: skip
 
     own = {name: [b for b in baselines if b == "teacher" or single or b.startswith(f"{name}:")] for name in students}
-    report = RunReport(
-        config=cfg.model_dump(mode="json"),
-        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        total_s=round(time.time() - t_start, 1),
-        timings_s=dict(timings),
-        driver_peak_rss_mb=timings.peak_rss_mb,
-        corpus=CorpusSummary.model_validate({k: v for k, v in corpus.manifest.items() if k != "files"}),  # per file: <corpus>/manifest.json
-        corpus_dir=str(corpus.dir),
+    report = RunReport.of_run(
+        cfg.model_dump(mode="json"),
+        t_start,
+        timings,
+        corpus,
         corpus_reused=corpus.reused,
         data=data.counts,
         teacher_cache=teacher_pass,

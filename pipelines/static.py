@@ -12,7 +12,6 @@ checked in model2vec and sentence-transformers) + model card -> report.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 
 import pyarrow as pa
 import ray
@@ -25,7 +24,7 @@ from mdistill.export import model_card_info, write_model_card
 from mdistill.ray_init import init_ray
 from mdistill.report import Timings, write_report
 from mdistill.report.markdown import render_markdown
-from mdistill.report.schema import CorpusSummary, RunReport, StudentReport
+from mdistill.report.schema import RunReport, StudentReport
 from mdistill.stages import cache_pass, static, train
 from mdistill.stages.corpus import build_corpus
 from mdistill.stages.evaluate import teacher_dev_vectors
@@ -109,14 +108,11 @@ def run(cfg) -> RunReport:
         model=init.source, built_from=start.steps, params=params, layers=0, train_layers="all", projection="none",
         strategy="ddp", loss="mse", logs=trained.logs, states_cache=None, training_set=f"{data.fingerprint}-{teacher_pass.fingerprint}", export=check,
     )  # fmt: skip
-    report = RunReport(
-        config=cfg.model_dump(mode="json"),
-        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        total_s=round(time.time() - t_start, 1),
-        timings_s=dict(timings),
-        driver_peak_rss_mb=timings.peak_rss_mb,
-        corpus=CorpusSummary.model_validate({k: v for k, v in corpus.manifest.items() if k != "files"}),
-        corpus_dir=str(corpus.dir),
+    report = RunReport.of_run(
+        cfg.model_dump(mode="json"),
+        t_start,
+        timings,
+        corpus,
         corpus_reused=corpus.reused,
         data=data.counts,
         teacher_cache=teacher_pass,

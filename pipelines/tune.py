@@ -17,7 +17,6 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import ray
@@ -30,7 +29,7 @@ from mdistill.config import RunConfig
 from mdistill.log import get_logger
 from mdistill.ray_init import init_ray
 from mdistill.report import Timings, load_report, write_report
-from mdistill.report.schema import CorpusSummary, RunReport
+from mdistill.report.schema import RunReport
 from mdistill.stages import cache_pass, student, train
 from mdistill.stages.corpus import build_corpus
 from mdistill.stages.select import select_data
@@ -147,14 +146,11 @@ def tune_run(cfg: RunConfig) -> RunReport:
             "output_dir": str(best_cfg.output_path),
             "summary": {k: v.model_dump() for k, v in retrained.summary.items()},
         }
-    report = RunReport(
-        config=base,
-        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        total_s=round(time.time() - t_start, 1),
-        timings_s=dict(timings),
-        driver_peak_rss_mb=timings.peak_rss_mb,
-        corpus=CorpusSummary.model_validate({k: v for k, v in corpus.manifest.items() if k != "files"}),
-        corpus_dir=str(corpus.dir),
+    report = RunReport.of_run(
+        base,
+        t_start,
+        timings,
+        corpus,
         corpus_reused=corpus.reused,
         data=data.counts,
         teacher_cache=teacher_pass,

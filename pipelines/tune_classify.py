@@ -9,7 +9,6 @@ the weak ones -> results table, ``best_config.yaml``, report. The test files are
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,7 +25,7 @@ from mdistill.export import classifier_card
 from mdistill.log import get_logger
 from mdistill.ray_init import init_ray
 from mdistill.report import Timings, write_report
-from mdistill.report.schema import CorpusSummary, DataCounts, RunReport
+from mdistill.report.schema import DataCounts, RunReport
 from mdistill.stages import cache_pass, classify, train
 from mdistill.stages.classify_data import select_task
 from mdistill.stages.corpus import build_corpus
@@ -153,14 +152,11 @@ def tune_classify(cfg: RunConfig) -> RunReport:
         max_t=max_t,
         shapes={"soft": {"train_rows": rows.num_rows}},
     )
-    report = RunReport(
-        config=base,
-        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        total_s=round(time.time() - t_start, 1),
-        timings_s=dict(timings),
-        driver_peak_rss_mb=timings.peak_rss_mb,
-        corpus=CorpusSummary.model_validate({k: v for k, v in corpus.manifest.items() if k != "files"}),
-        corpus_dir=str(corpus.dir),
+    report = RunReport.of_run(
+        base,
+        t_start,
+        timings,
+        corpus,
         corpus_reused=corpus.reused,
         data=DataCounts(
             train_pairs={k: v for k, v in task.rows_per_lang(task.train).items() if k != "en"},

@@ -45,6 +45,8 @@ def run(
         return
     if cfg.static is not None:
         from mdistill.pipelines.static import run as run_pipeline
+    elif cfg.compress is not None:
+        from mdistill.pipelines.compress import run as run_pipeline
     else:
         from mdistill.pipelines.run import run as run_pipeline
 

@@ -500,6 +500,27 @@ class StaticConfig(_Strict):
     map_ridge: float | None = Field(1e-3, ge=0)  # L2 of that map, relative to the mean eigenvalue of x'x
 
 
+class CompressConfig(_Strict):
+    """Compression (``mdistill run configs/compress.yaml``): a multilingual teacher distilled, in its
+    own space, into a smaller transformer (the `student:` section: ``keep_layers``, ``trim_vocab``,
+    ``train_layers: all``). Each text's target is ``self_weight`` · teacher(text) + (1 − self_weight)
+    · teacher(its English): the teacher labels every side, the parallel term aligns languages (for
+    MSE that blend is exactly the two-term loss, up to a constant). Optional intermediate-layer
+    losses run the teacher inside the training loop (``models/layer_distill.py``)."""
+
+    self_weight: float = Field(0.0, ge=0, le=1)  # 0: student(xx) ~ teacher(en) only (Reimers; measured best); 1: teacher(xx) only
+    hidden_weight: float = Field(0.0, ge=0)  # HiddenStateLoss (TinyBERT) through layer_map; > 0 runs the teacher in the loop
+    attention_weight: float = Field(0.0, ge=0)  # AttentionRelationLoss (MiniLMv2), last layer to last layer; > 0 likewise
+    relation_heads: int = Field(12, ge=1)  # MiniLMv2 relation heads (divides both widths)
+    # {student hidden_states index: teacher index} (0 = embeddings); None: uniform (TinyBERT's g(m) = m · n_t / n_s)
+    layer_map: dict[int, int] | None = None
+    speed_sentences: int = Field(512, ge=16)  # dev sentences encoded by the teacher and the student to report their speed
+
+    @property
+    def intermediate(self) -> bool:
+        return self.hidden_weight > 0 or self.attention_weight > 0
+
+
 class RunConfig(_Strict):
     name: str = "default"  # in output_dir, schedule.state_dir/runs_dir and job ids: a path component
     seed: int = 0
@@ -521,6 +542,7 @@ class RunConfig(_Strict):
     tune: TuneConfig | None = None  # mdistill tune: hyper-parameter search (Ray Tune + ASHA)
     classify: ClassifyConfig | None = None  # set: `mdistill run` runs the classifier recipe (pipelines/classify.py)
     static: StaticConfig | None = None  # set: `mdistill run` trains a static student (pipelines/static.py)
+    compress: CompressConfig | None = None  # set: `mdistill run` compresses the teacher (pipelines/compress.py)
 
     @field_validator("name")
     @classmethod
@@ -555,6 +577,21 @@ class RunConfig(_Strict):
                 )
             if self.tune is not None:
                 raise ValueError("tune: the search runs the embedding or classify recipe, not the static one")
+        if self.compress is not None:
+            if self.classify is not None or self.static is not None or self.students:
+                raise ValueError("compress: the compression recipe trains one student: no classify:, static: or students: with it")
+            if self.teacher.kind != "embedding":
+                raise ValueError("compress: teacher.kind must be embedding (a sentence-embedding model in its own space)")
+            if self.compress.intermediate and not self.student.full_finetune:
+                raise ValueError(
+                    "compress.hidden_weight / attention_weight: intermediate layers train with the whole student (student.train_layers: all)"
+                )
+            if self.compress.intermediate and self.train.strategy != "ddp":
+                raise ValueError("compress.hidden_weight / attention_weight: the teacher runs in the loop under DDP (train.strategy: ddp)")
+            if self.student.projection != "none":
+                raise ValueError("compress: student.projection must be none (the student learns the teacher's own space)")
+            if self.tune is not None:
+                raise ValueError("tune: the search runs the embedding or classify recipe, not the compression one")
         if self.tune is not None:
             if self.classify is not None and "metric" not in self.tune.model_fields_set:
                 self.tune.metric = "dev_accuracy"  # the default metric of the classify recipe's search

@@ -72,3 +72,13 @@ def beats_baselines(table: MetricsTable, model: str, baselines: Sequence[str], m
         return -np.inf if v is None else v
 
     return {lang: all(value(row, model) > value(row, b) for b in baselines if b in row.models) for lang, row in table.items()}
+
+
+def retained(table: MetricsTable, model: str, reference: str, metric: str) -> dict[str, float | None]:
+    """Per language: ``model``'s ``metric`` as a fraction of ``reference``'s (compression: the
+    student's own-space translation retrieval or bitext F1 over the teacher's); None if undefined."""
+    out: dict[str, float | None] = {}
+    for lang, row in table.items():
+        a, b = getattr(row.models[model], metric), getattr(row.models[reference], metric)
+        out[lang] = a / b if a is not None and b else None
+    return out

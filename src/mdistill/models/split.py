@@ -127,6 +127,9 @@ class FullStudent(nn.Module):
         self.bert = _bert(st_model)
         self.config = self.bert.config
         self.dense = dense
+        if getattr(self.bert, "pooler", None) is not None:
+            # mean pooling never reads the [CLS] pooler: frozen, so DDP does not wait for its gradients
+            self.bert.pooler.requires_grad_(False)
 
     def set_dropout(self, p: float) -> None:
         for m in self.bert.modules():

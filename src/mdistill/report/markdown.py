@@ -118,6 +118,9 @@ def render_markdown(report: RunReport, pngs: dict[str, Path] | None = None) -> s
     elif report.metrics:
         md += ["No source is held out (`corpus.heldout_sources`): the numbers above are in-domain only.", ""]
 
+    if report.speed:
+        md += compression_markdown(report)
+
     corpus, data = report.corpus, report.data
     md += [
         "## Data",
@@ -169,6 +172,35 @@ def render_markdown(report: RunReport, pngs: dict[str, Path] | None = None) -> s
     if report.tune:
         md += tune_markdown(report.tune, "tune_trials" in pngs)
     return "\n".join(md).rstrip() + "\n"
+
+
+def compression_markdown(report: RunReport) -> list[str]:
+    """Size and speed of the teacher and the student (measured in the run), and what the student
+    keeps of the teacher's own-space metrics per language, on the headline split."""
+    from mdistill.evaluation.table import retained
+
+    md = [
+        "## Compression: size and speed",
+        "",
+        "| model | params | on disk | sentences/s | × teacher | measured on |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in report.speed.items():
+        md.append(
+            f"| {name} | {v.params / 1e6:.1f}M | {v.disk_mb:.1f} MB | {v.sentences_per_s:.0f} | {v.x_teacher:.2f} | "
+            f"{v.sentences} sentences, batch {v.batch_size}, {v.threads} threads, {v.device} |"
+        )
+    split, table = ("held-out", report.heldout_metrics) if report.heldout_metrics else ("dev", report.metrics)
+    students = [s for s in report.students if s in report.speed]
+    if table and students and "teacher" in report.speed:
+        md += ["", f"Kept of the teacher's own-space metrics ({split} split): student ÷ teacher per language.", ""]
+        langs = sorted(table)
+        md += ["| student | metric | " + " | ".join(langs) + " |", "|---|---|" + "---|" * len(langs)]
+        for s in students:
+            for metric, label in (("translation_top1_xx2en", "translation top-1 xx→en"), ("bitext_f1", "bitext F1")):
+                kept = retained(table, s, "teacher", metric)
+                md.append(f"| {s} | {label} | " + " | ".join(fmt(kept[lg]) for lg in langs) + " |")
+    return md + [""]
 
 
 def tune_markdown(tune, plot: bool = False) -> list[str]:

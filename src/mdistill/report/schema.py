@@ -8,6 +8,8 @@ Metric tables are ``{lang: LanguageRow}``; a row holds ``n`` and one ``Metrics``
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +137,20 @@ class StudentReport(_Model):
     export: ExportCheck
 
 
+class ModelSpeed(_Model):
+    """One model's size and CPU/GPU encode speed, measured in the run on the same sentences."""
+
+    path: str
+    params: int
+    disk_mb: float  # safetensors on disk
+    sentences_per_s: float
+    x_teacher: float  # sentences/s over the teacher's
+    sentences: int
+    batch_size: int
+    threads: int  # torch threads (CPU)
+    device: str
+
+
 class TrialSummary(_Model):
     trial_id: str
     config: dict[str, Any]
@@ -170,8 +186,8 @@ class TuneReport(_Model):
     retrained: dict[str, Any] | None = None
 
 
-class RunReport(_Model):
-    """``mdistill run`` (students, metrics) or ``mdistill tune`` (tune)."""
+class _RunBase(_Model):
+    """What every recipe's report starts with: the config, when and how long, the corpus."""
 
     config: dict[str, Any]
     finished: str
@@ -180,6 +196,28 @@ class RunReport(_Model):
     driver_peak_rss_mb: dict[str, float] = {}  # the driver's peak RSS at the end of each stage
     corpus: CorpusSummary
     corpus_dir: str
+
+    @classmethod
+    def of_run(cls, config: dict[str, Any], t_start: float, timings, corpus, **fields: Any):
+        """The report of a run that started at ``t_start`` (``time.time()``), finished now;
+        ``timings``: its ``report.Timings``; ``corpus``: the ``stages.corpus`` result it read."""
+        return cls(
+            config=config,
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            total_s=round(time.time() - t_start, 1),
+            timings_s=dict(timings),
+            driver_peak_rss_mb=timings.peak_rss_mb,
+            corpus=CorpusSummary.model_validate(
+                {k: v for k, v in corpus.manifest.items() if k != "files"}
+            ),  # per file: <corpus>/manifest.json
+            corpus_dir=str(corpus.dir),
+            **fields,
+        )
+
+
+class RunReport(_RunBase):
+    """``mdistill run`` (students, metrics) or ``mdistill tune`` (tune)."""
+
     corpus_reused: bool
     data: DataCounts
     teacher_cache: CachePass
@@ -192,6 +230,7 @@ class RunReport(_Model):
     heldout_metrics: MetricsTable = {}
     heldout_summary: dict[str, Metrics] = {}
     heldout_beats_baselines: dict[str, dict[str, bool]] = {}
+    speed: dict[str, ModelSpeed] = {}  # compression: size and encode speed of the teacher and the student
 
     def headline(self) -> tuple[str, dict[str, Metrics]]:
         """The split the headline numbers and the registry gate use: held-out when there is one."""
@@ -250,16 +289,9 @@ class ClassifierReport(_Model):
     logs: TrainLogs
 
 
-class ClassifyReport(_Model):
+class ClassifyReport(_RunBase):
     """``mdistill run`` with a ``classify:`` section: cross-lingual classifier transfer."""
 
-    config: dict[str, Any]
-    finished: str
-    total_s: float
-    timings_s: dict[str, float]
-    driver_peak_rss_mb: dict[str, float] = {}
-    corpus: CorpusSummary
-    corpus_dir: str
     task: str
     labels: list[str]
     balance: dict[str, dict[str, int]]  # English paragraphs used, per split per label

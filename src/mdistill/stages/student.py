@@ -161,14 +161,18 @@ def _count_rows(folder: Path) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in folder.rglob("*.parquet")) if folder.is_dir() else 0
 
 
-def _training_set_id(data: Selection, teacher: EmbeddingCache, student: Student) -> tuple[str, dict]:
+def _training_set_id(data: Selection, teacher: EmbeddingCache, student: Student, self_weight: float = 0.0) -> tuple[str, dict]:
     ident = {"selection": data.fingerprint, "teacher": teacher.fingerprint, "student": student.cache.fingerprint, "v": TRAINING_SET_VERSION}
+    if self_weight:  # absent at 0: the embedding recipe's sets keep their fingerprints
+        ident["self_weight"] = self_weight
     return hashlib.blake2b(json.dumps(ident, sort_keys=True).encode(), digest_size=16).hexdigest(), ident
 
 
-def find_training_set(data: Selection, teacher: EmbeddingCache, student: Student, cache_dir: Path) -> TrainingSet | None:
-    """The training set an earlier run joined from the same selection, teacher and frozen pass, if any."""
-    fp, _ = _training_set_id(data, teacher, student)
+def find_training_set(
+    data: Selection, teacher: EmbeddingCache, student: Student, cache_dir: Path, self_weight: float = 0.0
+) -> TrainingSet | None:
+    """The training set an earlier run joined from the same selection, teacher, frozen pass and target, if any."""
+    fp, _ = _training_set_id(data, teacher, student, self_weight)
     done = cache_dir / "training_sets" / fp / "_SUCCESS.json"
     if not done.is_file():
         return None
@@ -179,22 +183,38 @@ def find_training_set(data: Selection, teacher: EmbeddingCache, student: Student
     )
 
 
-def prepare_training_set(data: Selection, teacher: EmbeddingCache, student: Student, cache_dir: Path) -> TrainingSet:
-    """The student's rows + ``target`` (teacher(en)) + its cached outputs, joined on Ray Data and
-    written once per fingerprint (selection, teacher, frozen pass): re-runs and resumed runs read
-    the same files (``find_training_set``)."""
-    existing = find_training_set(data, teacher, student, cache_dir)
+def _blend_target(batch: pa.Table, *, self_weight: float) -> pa.Table:
+    target = (1 - self_weight) * embedding_matrix(batch.column("target")) + self_weight * embedding_matrix(batch.column("self_target"))
+    flat = pa.array(target.astype(np.float32).reshape(-1))
+    batch = batch.drop_columns(["target", "self_target"])
+    return batch.append_column("target", pa.FixedSizeListArray.from_arrays(flat, target.shape[1]))
+
+
+def prepare_training_set(
+    data: Selection, teacher: EmbeddingCache, student: Student, cache_dir: Path, self_weight: float = 0.0
+) -> TrainingSet:
+    """The student's rows + ``target`` + its cached outputs, joined on Ray Data and written once per
+    fingerprint (selection, teacher, frozen pass, target): re-runs and resumed runs read the same
+    files (``find_training_set``). ``target`` is teacher(en), or with ``self_weight`` (compression:
+    a multilingual teacher labels every side) (1 − w) · teacher(en) + w · teacher(text)."""
+    existing = find_training_set(data, teacher, student, cache_dir, self_weight)
     if existing is not None:
         return existing
     states = not student.full_finetune
-    fp, ident = _training_set_id(data, teacher, student)
+    fp, ident = _training_set_id(data, teacher, student, self_weight)
     out = cache_dir / "training_sets" / fp
 
     teacher_files = [str(p) for p in teacher.readable_shards()]
     student_files = [str(p) for p in student.cache.readable_shards()]
     outputs = ["pooled", *(["hidden", "length", "dim"] if states else [])]
     joined = join_files(data.rows(), teacher_files, key="key", left_key="en_key", columns=["embedding"])  # teacher(en): the target
-    joined = join_files(joined.rename_columns({"embedding": "target"}), student_files, key="key", left_key="key", columns=outputs)
+    joined = joined.rename_columns({"embedding": "target"})
+    if self_weight:
+        joined = join_files(joined, teacher_files, key="key", left_key="key", columns=["embedding"]).rename_columns(
+            {"embedding": "self_target"}
+        )
+        joined = joined.map_batches(_blend_target, fn_kwargs={"self_weight": self_weight}, batch_format="pyarrow")
+    joined = join_files(joined, student_files, key="key", left_key="key", columns=outputs)
     tmp = out.with_name(f".{fp}.{uuid.uuid4().hex}.tmp")
     joined.write_parquet(str(tmp), partition_cols=["split"])
     train_rows, dev_rows, heldout_rows = (_count_rows(tmp / f"split={x}") for x in ("train", "dev", "heldout"))

@@ -37,6 +37,18 @@ from mdistill.training import checkpoint as ckpt
 log = get_logger("train")
 
 
+class IntermediateSpec(BaseModel):
+    """Intermediate-layer distillation (the compression recipe): the teacher runs in the loop."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher_path: str  # a sentence-transformers directory whose tokenizer holds every student piece
+    hidden_weight: float
+    attention_weight: float
+    relation_heads: int
+    layer_map: dict[int, int] | None  # student -> teacher hidden_states index; None: uniform
+
+
 class LoopConfig(BaseModel):
     """Everything a worker needs, validated in the driver before any compute and again in the worker."""
 
@@ -55,6 +67,7 @@ class LoopConfig(BaseModel):
     threads: int  # torch threads per worker (a submitted job inherits OMP_NUM_THREADS=1)
     seed: int
     train: TrainConfig
+    intermediate: IntermediateSpec | None = None  # full fine-tune only
 
     @property
     def full_finetune(self) -> bool:
@@ -96,7 +109,10 @@ class DistillLoop:
         self.use_ds = t.strategy == "deepspeed"
         dense = ckpt.load_linear(cfg.head_path) if cfg.head_path else None
         st = load_sentence_transformer(cfg.student_path, device="cpu", max_seq_length=cfg.max_seq_length)
-        if cfg.full_finetune:
+        if cfg.intermediate is not None:
+            self.student = self._layer_distilled(st, dense)
+            self.features = TextFeatures(st.tokenizer, cfg.prompt, cfg.max_seq_length)
+        elif cfg.full_finetune:
             self.student = FullStudent(st, dense=dense)
             self.features = TextFeatures(st.tokenizer, cfg.prompt, cfg.max_seq_length)
         else:
@@ -114,6 +130,10 @@ class DistillLoop:
             self.student, lr=t.lr, head_lr=t.head_lr, weight_decay=t.weight_decay, total_steps=self.total_steps, warmup_ratio=t.warmup_ratio
         )
         self.loss_fn = CosineLoss() if t.loss == "cosine" else MSELoss()
+        if cfg.intermediate is not None:
+            from mdistill.models.layer_distill import WithIntermediate
+
+            self.loss_fn = WithIntermediate(self.loss_fn, self.student)
         self.dtype = None  # the inputs' dtype when the engine holds the model in another one (DeepSpeed bf16)
         if self.use_ds:
             import deepspeed
@@ -142,6 +162,18 @@ class DistillLoop:
         self.dev = dev if dev is not None and dev.num_rows else None
         heldout = pq.read_table(cfg.heldout_dir) if cfg.heldout_dir else None
         self.heldout = heldout if heldout is not None and heldout.num_rows else None
+
+    def _layer_distilled(self, st, dense):
+        """The whole student + the frozen teacher it learns the layers of (``models.layer_distill``)."""
+        from mdistill.encode import load_sentence_transformer
+        from mdistill.models.layer_distill import LayerDistilledStudent, token_id_map
+
+        spec = self.cfg.intermediate
+        teacher = load_sentence_transformer(spec.teacher_path, device="cpu")
+        return LayerDistilledStudent(
+            st, teacher[0].auto_model, token_id_map(st.tokenizer, teacher.tokenizer), hidden_weight=spec.hidden_weight,
+            attention_weight=spec.attention_weight, relation_heads=spec.relation_heads, layer_map=spec.layer_map, dense=dense,
+        )  # fmt: skip
 
     # -- resume ---------------------------------------------------------------------------------
 

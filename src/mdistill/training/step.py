@@ -95,7 +95,7 @@ def make_optimizer(student, *, lr: float, head_lr: float | None, weight_decay: f
 
     A torch optimizer, also under DeepSpeed: a DeepSpeed-config optimizer JIT-compiles
     ``fused_adam`` on first use (~90 s on CPU) for no gain at this size."""
-    body = [p for n, p in student.named_parameters() if not n.startswith("dense.")]
+    body = [p for n, p in student.named_parameters() if not n.startswith("dense.") and p.requires_grad]
     groups = [{"params": body, "lr": lr}]
     if student.dense is not None:
         groups.append({"params": list(student.dense.parameters()), "lr": head_lr or lr})

@@ -28,10 +28,6 @@ import torch
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "libreoffice_de_fr.tsv"
 
 
-def disk_mb(path: str | Path) -> float:
-    return round(sum(f.stat().st_size for f in Path(path).rglob("*.safetensors")) / 2**20, 1)
-
-
 def timed(fn, texts: list[str], repeats: int) -> float:
     fn(texts[:64])  # warm-up
     best = float("inf")
@@ -51,6 +47,7 @@ def main() -> None:
     from mdistill.models.builder import build_student
     from mdistill.models.static import distil_static
     from mdistill.models.trim_vocab import used_token_ids
+    from mdistill.stages.compress import disk_mb
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000, help="sentences per model (the fixture's en/de/fr texts, cycled)")

@@ -80,7 +80,7 @@ def run(cfg: RunConfig) -> RunReport:
         storage = out / "ray_train"
         scaling, threads = train.scaling(cfg.train)
         loop = train.loop_config(s, ts, cfg.train, seed=cfg.seed, head_path=None, threads=threads)
-        loop = loop.model_copy(update={"intermediate": compress.intermediate_spec(c, teacher.model_dir)})
+        loop = loop.model_copy(update={"intermediate": compress.intermediate_spec(c, teacher.model_dir, s.path)})
         train.fresh_or_resume(storage / NAME, loop, ts)
         result = TorchTrainer(
             train_loop_per_worker,

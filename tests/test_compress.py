@@ -66,7 +66,7 @@ def teacher_and_student(tiny_models, pairs, tmp_path_factory):
         corpus_key="test",
     )
     teacher = load_sentence_transformer(str(tiny_models["student"]), device="cpu")
-    return teacher, load_sentence_transformer(built["path"], device="cpu"), texts
+    return teacher, load_sentence_transformer(built["path"], device="cpu"), texts, built["path"]
 
 
 def _batch(st, texts):
@@ -75,7 +75,7 @@ def _batch(st, texts):
 
 
 def test_token_id_map_feeds_the_teacher_its_own_ids(teacher_and_student):
-    teacher, student, texts = teacher_and_student
+    teacher, student, texts, _ = teacher_and_student
     id_map = token_id_map(student.tokenizer, teacher.tokenizer)
     assert len(id_map) == len(student.tokenizer) < len(teacher.tokenizer)
     s_ids, s_mask = _batch(student, texts[:8])
@@ -85,8 +85,23 @@ def test_token_id_map_feeds_the_teacher_its_own_ids(teacher_and_student):
         token_id_map(teacher.tokenizer, student.tokenizer)  # the teacher has pieces the trimmed student lacks
 
 
+def test_intermediate_losses_are_checked_in_the_driver_before_training(teacher_and_student, tiny_models):
+    from mdistill.config import CompressConfig
+    from mdistill.stages.compress import intermediate_spec
+
+    *_, student_dir = teacher_and_student
+    teacher_dir = str(tiny_models["student"])
+    on = CompressConfig(hidden_weight=1.0, relation_heads=4)
+    assert intermediate_spec(CompressConfig(), teacher_dir, student_dir) is None  # output loss only: nothing to check
+    assert intermediate_spec(on, teacher_dir, student_dir).teacher_path == teacher_dir
+    with pytest.raises(ValueError, match="not in the teacher's"):
+        intermediate_spec(on, student_dir, teacher_dir)  # the trimmed model lacks pieces of the full one
+    with pytest.raises(ValueError, match=r"layer_map \{3: 3\}: outside the student's 0..2"):
+        intermediate_spec(on.model_copy(update={"layer_map": {1: 1, 3: 3}}), teacher_dir, student_dir)
+
+
 def test_layer_distilled_student_adds_the_hand_computed_intermediate_terms(teacher_and_student):
-    teacher, student, texts = teacher_and_student
+    teacher, student, texts, _ = teacher_and_student
     t_bert = teacher[0].auto_model
     model = LayerDistilledStudent(
         student, t_bert, token_id_map(student.tokenizer, teacher.tokenizer), hidden_weight=0.7, attention_weight=0.3, relation_heads=4

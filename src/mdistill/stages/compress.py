@@ -15,10 +15,29 @@ from mdistill.report.schema import ModelSpeed
 from mdistill.training.loop import IntermediateSpec
 
 
-def intermediate_spec(cfg: CompressConfig, teacher_dir: str) -> IntermediateSpec | None:
-    """The loop's intermediate-layer losses (None: output distillation from the cache alone)."""
+def intermediate_spec(cfg: CompressConfig, teacher_dir: str, student_dir: str) -> IntermediateSpec | None:
+    """The loop's intermediate-layer losses (None: output distillation from the cache alone),
+    checked here in the driver, before training: the same width (the export holds no
+    projection), every student piece in the teacher's tokenizer, ``layer_map`` within both models."""
     if not cfg.intermediate:
         return None
+    from transformers import AutoConfig, AutoTokenizer
+
+    from mdistill.models.layer_distill import token_id_map
+
+    t_cfg, s_cfg = AutoConfig.from_pretrained(teacher_dir), AutoConfig.from_pretrained(student_dir)
+    if t_cfg.hidden_size != s_cfg.hidden_size:
+        raise ValueError(
+            f"compress.hidden_weight / attention_weight: the student {student_dir} is {s_cfg.hidden_size} wide, the teacher "
+            f"{teacher_dir} {t_cfg.hidden_size}: intermediate-layer losses need a student built from the teacher (keep_layers / trim_vocab)"
+        )
+    token_id_map(AutoTokenizer.from_pretrained(student_dir), AutoTokenizer.from_pretrained(teacher_dir))  # raises on a missing piece
+    bad = {i: j for i, j in (cfg.layer_map or {}).items() if not (0 <= i <= s_cfg.num_hidden_layers and 0 <= j <= t_cfg.num_hidden_layers)}
+    if bad:
+        raise ValueError(
+            f"compress.layer_map {bad}: outside the student's 0..{s_cfg.num_hidden_layers} / the teacher's "
+            f"0..{t_cfg.num_hidden_layers} hidden states (0 = embeddings)"
+        )
     return IntermediateSpec(
         teacher_path=teacher_dir,
         hidden_weight=cfg.hidden_weight,

@@ -109,11 +109,8 @@ class DistillLoop:
         self.use_ds = t.strategy == "deepspeed"
         dense = ckpt.load_linear(cfg.head_path) if cfg.head_path else None
         st = load_sentence_transformer(cfg.student_path, device="cpu", max_seq_length=cfg.max_seq_length)
-        if cfg.intermediate is not None:
-            self.student = self._layer_distilled(st, dense)
-            self.features = TextFeatures(st.tokenizer, cfg.prompt, cfg.max_seq_length)
-        elif cfg.full_finetune:
-            self.student = FullStudent(st, dense=dense)
+        if cfg.full_finetune:
+            self.student = FullStudent(st, dense=dense) if cfg.intermediate is None else self._layer_distilled(st, dense)
             self.features = TextFeatures(st.tokenizer, cfg.prompt, cfg.max_seq_length)
         else:
             self.student = TopStudent(st, cfg.train_layers, dense=dense)

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test install clean
+.PHONY: demo test test-slow test-all install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,17 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/mdistill run configs/default.yaml
 
+# make test: unit tests + the core integration tests on real Ray (the end-to-end run, a damaged
+# teacher cache, corpus build, selection); make test-slow: the multi-minute scenarios (whole recipes,
+# kill/resume, Tune resume, multi-node pools, a job on a 3-node cluster); make test-all (CI): both.
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q --durations=15 -m "not slow" tests
+
+test-slow: $(BIN)/.installed
+	$(BIN)/python -m pytest -q --durations=15 -m slow tests
+
+test-all: $(BIN)/.installed
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf $(VENV) runs

@@ -63,6 +63,8 @@ def classify_run(tmp_path_factory, tiny_models, pairs, ray_shared):
     return cfg, run(cfg)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_every_role_trains_on_its_rows_and_is_reported(classify_run, show):
     cfg, report = classify_run
     assert list(report.classifiers) == ["teacher", *ROLES]
@@ -91,6 +93,8 @@ def test_every_role_trains_on_its_rows_and_is_reported(classify_run, show):
     show("test accuracy de:", {m: round(v.accuracy, 3) for m, v in report.test["de"].items()})
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_classifier_teacher_cache_reads_back_the_teachers_logits(classify_run):
     """The logits the students trained on and the teacher baseline was scored with are the
     teacher's own: recomputed from the exported teacher directory, they agree."""
@@ -108,6 +112,8 @@ def test_classifier_teacher_cache_reads_back_the_teachers_logits(classify_run):
     np.testing.assert_allclose(cached, direct, atol=1e-5)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_exported_student_answers_the_text_classification_pipeline_in_german(classify_run):
     from transformers import AutoModelForSequenceClassification, pipeline
 
@@ -145,6 +151,8 @@ def test_tune_accepts_temperature_and_alpha_only_for_the_classify_recipe(tmp_pat
         load_config(Path(__file__).parents[1] / "configs" / "classify.yaml", ["tune.space={train.alpha: {grid: [1.5]}}"])
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_teacher_train_classifier_command_exports_a_loadable_teacher(classify_run, tiny_models):
     """``mdistill teacher train-classifier``: the teacher stage alone (same help tree and cache as the
     recipe), exported as a Hugging Face classifier with the task's labels and a model card."""
@@ -170,6 +178,8 @@ def test_teacher_train_classifier_command_exports_a_loadable_teacher(classify_ru
 
 # Last in the module: a trial's Train worker group keeps its placement group (Ray #54305, Train V2
 # inside Tune) until the driver's Ray instance goes, so the module's later trainers would find no CPU.
+@pytest.mark.integration
+@pytest.mark.slow
 def test_tune_searches_temperature_and_alpha_and_asha_stops_a_trial(tmp_path, tiny_models, pairs, show, ray_shared):
     """``mdistill tune`` on a classify config: trials of the soft student over the sampled
     temperature / alpha / lr, ranked by the training loss; a trial whose lr cannot learn (1e-9)

@@ -138,8 +138,9 @@ def test_layer_distilled_student_adds_the_hand_computed_intermediate_terms(teach
     assert model.state_dict().keys() == FullStudent(student).state_dict().keys()  # checkpoints and the export are unchanged
 
 
+@pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(900)
 def test_compress_run_learns_the_teacher_and_reports_size_and_speed(tmp_path, tiny_models, pairs, ray_shared, show):
     from mdistill.pipelines.compress import run
     from mdistill.report import load_report

@@ -29,7 +29,7 @@ import pytest
 
 from conftest import teacher_pass, terminal_line
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 class MultiNode:

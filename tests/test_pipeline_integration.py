@@ -14,7 +14,7 @@ from conftest import tiny_run_overrides
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(900)
 def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
     from mdistill.encode import load_sentence_transformer
     from mdistill.pipelines.run import run

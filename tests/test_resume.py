@@ -39,8 +39,9 @@ def _registered_checkpoint(run_path: Path) -> Path | None:
     return run_path / latest["checkpoint_dir_name"] if latest else None
 
 
+@pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 def test_killed_driver_rerun_resumes_at_the_checkpoint_step(tmp_path, tiny_models, pairs):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     tiny = [
@@ -58,7 +59,7 @@ def test_killed_driver_rerun_resumes_at_the_checkpoint_step(tmp_path, tiny_model
     # 1. Start the run in its own process group; SIGKILL the group once a mid-training checkpoint is registered.
     log1 = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(_command(killed_overrides), cwd=REPO, env=env, stdout=log1, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline, ckpt = time.time() + 400, None
+    deadline, ckpt = time.time() + 600, None
     while time.time() < deadline and first.poll() is None:
         ckpt = _registered_checkpoint(run_path)
         if ckpt is not None:
@@ -74,7 +75,7 @@ def test_killed_driver_rerun_resumes_at_the_checkpoint_step(tmp_path, tiny_model
     step = state.micro  # grad_accum 1: one micro-batch per optimizer step
 
     # 2. The same command again: the caches and the training set are reused, training resumes.
-    second = subprocess.run(_command(killed_overrides), cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    second = subprocess.run(_command(killed_overrides), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
     resumed = re.findall(r"\[mdistill\.train\] resumed at step (\d+)/(\d+)", second.stdout + second.stderr)
     assert resumed and int(resumed[0][0]) == step, (resumed, step)
@@ -82,7 +83,7 @@ def test_killed_driver_rerun_resumes_at_the_checkpoint_step(tmp_path, tiny_model
 
     # 3. An uninterrupted run of the same settings (caches shared) ends at the same place, within noise.
     ref = subprocess.run(
-        _command([*tiny, f"output_dir={tmp_path / 'clean'}"]), cwd=REPO, env=env, capture_output=True, text=True, timeout=400
+        _command([*tiny, f"output_dir={tmp_path / 'clean'}"]), cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
     assert ref.returncode == 0, ref.stdout[-4000:]
     a, b = load_report(tmp_path / "killed"), load_report(tmp_path / "clean")

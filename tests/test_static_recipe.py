@@ -26,8 +26,9 @@ def test_static_config_is_checked_before_any_compute():
             load_config("configs/static.yaml", bad)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(900)
 def test_static_run_beats_its_untrained_self_and_exports_what_it_evaluated(tmp_path, tiny_models, pairs, ray_shared, show):
     from model2vec import StaticModel
     from sentence_transformers import SentenceTransformer

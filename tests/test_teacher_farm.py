@@ -34,6 +34,7 @@ def direct(model_dir, texts):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_cache_equals_direct_output_reruns_compute_only_new_texts(tmp_path, tiny_models, pairs, ray_shared):
     cfg = TeacherConfig(model=str(tiny_models["teacher"]), batch_size=32)
@@ -78,6 +79,7 @@ def test_corrupt_shard_is_detected_and_its_texts_recomputed(tmp_path, tiny_model
     np.testing.assert_allclose(cache.lookup(texts), direct(tiny_models["teacher"], texts), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(500)
 def test_killed_actor_mid_pass_every_text_present_once(tmp_path, tiny_models, pairs, ray_shared):
@@ -121,6 +123,7 @@ print("COMPUTED", st.computed)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(500)
 def test_killed_driver_rerun_reuses_committed_shards_and_ends_like_a_clean_run(tmp_path, tiny_models, pairs):

@@ -16,7 +16,7 @@ import pytest
 
 from mdistill.config import TrainConfig
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # Measured on 2 CPUs (2 epochs): ZeRO-1 and ZeRO-2 give DDP's per-epoch losses bit for bit,
 # ZeRO-3 within 1e-8 relative (its gathered parameters are reduced in another order).

@@ -65,8 +65,9 @@ def _starts(experiment: Path) -> dict[str, int]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(900)
 def test_tune_two_trials_killed_then_resumed(tmp_path, tiny_models, pairs, kill_drivers_after):
     out = tmp_path / "run"
     overrides = [
@@ -84,7 +85,7 @@ def test_tune_two_trials_killed_then_resumed(tmp_path, tiny_models, pairs, kill_
 
     # 1. Start the search; kill the driver once trial 1 is saved as finished and trial 2 has started.
     first = _driver(overrides, tmp_path / "first.log")
-    deadline, killed, finished_before = time.time() + 300, False, {}
+    deadline, killed, finished_before = time.time() + 600, False, {}
     while time.time() < deadline and first.poll() is None:
         states, starts = _trial_states(experiment), _starts(experiment)
         done = [t for t, s in states.items() if s == "TERMINATED"]
@@ -103,7 +104,7 @@ def test_tune_two_trials_killed_then_resumed(tmp_path, tiny_models, pairs, kill_
 
     # 2. Re-run: the search resumes, the finished trial is not started again.
     second = _driver(overrides, tmp_path / "second.log")
-    rc = second.wait(300)
+    rc = second.wait(600)
     log2 = (tmp_path / "second.log").read_text()
     assert rc == 0, log2[-4000:]
     assert "resuming" in log2

@@ -79,8 +79,8 @@ def test_corrupt_shard_is_detected_and_its_texts_recomputed(tmp_path, tiny_model
     np.testing.assert_allclose(cache.lookup(texts), direct(tiny_models["teacher"], texts), atol=1e-5)
 
 
-@pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.timeout(500)
 def test_killed_actor_mid_pass_every_text_present_once(tmp_path, tiny_models, pairs, ray_shared):
     import psutil
@@ -123,8 +123,8 @@ print("COMPUTED", st.computed)
 """
 
 
-@pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.timeout(500)
 def test_killed_driver_rerun_reuses_committed_shards_and_ends_like_a_clean_run(tmp_path, tiny_models, pairs):
     texts = texts_of(pairs, 12_000)

@@ -98,12 +98,25 @@ class RayCluster:
     """The head's address and token, and its worker nodes by session id."""
 
     def __init__(self, cmd: list[str], env: dict, gcs: int, **info):
-        self.cmd, self.env, self.gcs, self.nodes = cmd, env, gcs, []
+        self.cmd, self.env, self.gcs, self.nodes, self.temp_dirs = cmd, env, gcs, [], []
         self.__dict__.update(info)
 
     def join(self) -> int:
-        """Start a worker node (1 CPU, a declared GPU) in its own session; returns the session id."""
-        join = [self.cmd[0], "start", f"--address=127.0.0.1:{self.gcs}", "--num-cpus=1", "--num-gpus=1", "--disable-usage-stats"]
+        """Start a worker node (1 CPU, a declared GPU) in its own session and its own temp dir;
+        returns the session id. Own temp dir, as on a separate machine: nodes sharing one unpack the
+        job's working_dir into the same folder, and a rejoining node's runtime-env agent re-extracts
+        it (rmtree first), deleting the cwd of the job's processes on the other nodes."""
+        temp_dir = tempfile.mkdtemp(prefix="mdrn", dir="/tmp")
+        self.temp_dirs.append(temp_dir)
+        join = [
+            self.cmd[0],
+            "start",
+            f"--address=127.0.0.1:{self.gcs}",
+            "--num-cpus=1",
+            "--num-gpus=1",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ]
         node = subprocess.Popen(join, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self.nodes.append(node.pid)
         out, _ = node.communicate(timeout=120)
@@ -154,7 +167,8 @@ def ray_head():
         for node_sid in cluster.nodes:
             kill_session(node_sid)
         stop_head(temp_dir, sid)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        for d in [temp_dir, *cluster.temp_dirs]:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _listen_addresses(port: int) -> set[str]:

@@ -133,6 +133,56 @@ def test_gettext_catalogs_on_fake_tree(tmp_path):
     assert gettext_catalogs(tmp_path / "missing", ["de"]) == []
 
 
+def test_gettext_catalogs_of_named_packages_only(tmp_path, monkeypatch):
+    """A shared gettext folder accumulates packages; a run naming a few reads only their catalogs,
+    and each package's record names its licences (from its DEP-5 copyright file)."""
+    trees = {
+        "git": ["usr/share/locale/de/LC_MESSAGES/git.mo"],
+        "dpkg": ["usr/share/locale/de/LC_MESSAGES/dpkg.mo", "usr/share/locale/fr/LC_MESSAGES/dselect.mo"],
+    }
+    copyright = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nLicense: GPL-2\n\nFiles: po/*\nLicense: GPL-2+\n\nFiles: compat/*\nLicense: LGPL-2.1+\n"
+
+    def fake_run(cmd, cwd=None, **kw):
+        if cmd[:2] == ["apt-get", "download"]:
+            (Path(cwd) / f"{cmd[2]}_1.0-1_all.deb").write_bytes(b"")
+        elif cmd[:2] == ["dpkg-deb", "-x"]:
+            pkg, tree = Path(cmd[2]).name.split("_")[0], Path(cmd[3])
+            for rel in trees[pkg]:
+                (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tree / rel).write_bytes(b"")
+            doc = tree / "usr/share/doc" / pkg / "copyright"
+            doc.parent.mkdir(parents=True)
+            doc.write_text(copyright if pkg == "dpkg" else "free-form statement, no fields")
+        return debian.subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(debian.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(debian.subprocess, "run", fake_run)
+    assert debian.download_packages(["git", "dpkg"], tmp_path) == ["git", "dpkg"]
+    loc = tmp_path / "usr/share/locale"
+    assert gettext_catalogs(tmp_path, ["de", "fr"], ["git"]) == [("de", "git", loc / "de/LC_MESSAGES/git.mo")]
+    assert [c[1] for c in gettext_catalogs(tmp_path, ["de", "fr"], ["dpkg"])] == ["dpkg", "dselect"]
+    assert len(gettext_catalogs(tmp_path, ["de", "fr"])) == 3  # no filter: the whole folder
+    records = debian.package_records(tmp_path, ["git", "dpkg", "absent"])
+    assert records["dpkg"]["licences"] == ["GPL-2", "GPL-2+"]  # Files: * and po/*; not compat/*
+    assert records["git"]["licences"] == ["see usr/share/doc/git/copyright"] and "absent" not in records
+
+
+def test_packages_unpacked_before_contents_records_are_fetched_again(tmp_path, monkeypatch):
+    (tmp_path / "packages.txt").write_text("git_1.0-1_all.deb\n")  # an older cache: no contents/git.json
+    calls = []
+
+    def fake_run(cmd, cwd=None, **kw):
+        calls.append(cmd[:2])
+        if cmd[:2] == ["apt-get", "download"]:
+            (Path(cwd) / f"{cmd[2]}_1.0-1_all.deb").write_bytes(b"")
+        return debian.subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(debian.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(debian.subprocess, "run", fake_run)
+    assert debian.download_packages(["git"], tmp_path) == ["git"]
+    assert ["apt-get", "download"] in calls and (tmp_path / "contents" / "git.json").is_file()
+
+
 def test_translation_file_names_and_merge(tmp_path):
     lists = tmp_path / "lists"
     lists.mkdir()
@@ -208,6 +258,11 @@ def fake_seed(root: Path, langs: list[str]) -> Path:
     mo.parent.mkdir(parents=True)
     mo.write_bytes(b"\x00")
     (root / "gettext" / "packages.txt").write_text("".join(f"{pkg}_1.0_all.deb\n" for pkg in debian.GETTEXT_PACKAGES))
+    (root / "gettext" / "contents").mkdir()
+    for pkg in debian.GETTEXT_PACKAGES:
+        catalogs = [str(mo.relative_to(root / "gettext"))] if pkg == "git" else []
+        record = {"package": pkg, "deb": f"{pkg}_1.0_all.deb", "catalogs": catalogs, "licences": ["GPL-2"]}
+        (root / "gettext" / "contents" / f"{pkg}.json").write_text(json.dumps(record))
     (root / "ddtp").mkdir()
     (root / "ddtp" / "Translation-en").write_text(EN)
     (root / "ddtp" / "Translation-de").write_text(DE)
@@ -236,6 +291,7 @@ def test_pod_plans_the_debian_corpus_from_the_image_seed_without_apt_or_root(tmp
     cache = tmp_path / "data" / "cache"
     units, identity = debian_units(SourceConfig(format="debian", parts=["libreoffice", "gettext", "ddtp"]), ["de"], cache)
     assert {u["source"] for u in units} == {"libreoffice", "gettext:git", "ddtp"}
+    assert [u["licence"] for u in units if u["source"] == "gettext:git"] == ["GPL-2"]
     assert all(str(cache) in json.dumps(u) for u in units)  # read from the (shared) cache, not the image
     assert "libreoffice-help-de_1.0_all.deb" in identity and "git_1.0_all.deb" in identity
     assert sorted(p.name for p in (cache / "debian").iterdir()) == ["ddtp", "gettext", "libreoffice-help"]  # no temp left

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from mdistill.losses import CosineLoss, DistillationLoss, KLDivLoss, MSELoss
+from mdistill.losses import CosineLoss, DistillationLoss, KLDivLoss, MSELoss, TeacherContrastiveLoss
 
 
-@pytest.mark.parametrize("name", ["MSELoss", "CosineLoss", "KLDivLoss", "DistillationLoss"])
+@pytest.mark.parametrize("name", ["MSELoss", "CosineLoss", "KLDivLoss", "DistillationLoss", "TeacherContrastiveLoss"])
 def test_docstring_examples_hold(name):
     # the package re-exports the classes under the modules' names: fetch the modules themselves
     module = importlib.import_module(f"mdistill.losses.{name}")
@@ -29,6 +29,23 @@ def test_cosine_ignores_norm():
     s = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
     t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     assert CosineLoss()(s, t).item() == pytest.approx(((1 - 1) + (1 - 1 / math.sqrt(2))) / 2)
+
+
+def test_teacher_contrastive_by_hand_siblings_are_not_negatives():
+    # rows: student(en), student(de) of source A; student(en) of source B. Targets: A, A, B.
+    a, b = [1.0, 0.0], [0.6, 0.8]
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    t = torch.tensor([a, a, b])
+    tau = 0.5
+
+    def ce(cos_pos, cos_neg):  # two candidates: the row's source and the other one
+        return -math.log(math.exp(cos_pos / tau) / (math.exp(cos_pos / tau) + math.exp(cos_neg / tau)))
+
+    by_hand = (ce(1.0, 0.6) + ce(0.0, 0.8) + ce(1.0, 0.6)) / 3  # cos(s_i, A), cos(s_i, B)
+    assert TeacherContrastiveLoss(base=None, temperature=tau)(s, t).item() == pytest.approx(by_hand, rel=1e-5)
+    mse = ((0 + 0) + (1 + 1) + (0 + 0)) / 6
+    with_base = TeacherContrastiveLoss(base=MSELoss(), weight=0.5, temperature=tau)(s, t).item()
+    assert with_base == pytest.approx(mse + 0.5 * by_hand, rel=1e-5)
 
 
 def _kl_by_hand(s, t, temp):

@@ -102,7 +102,7 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
     again = run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"loss": "cosine", "max_steps": 10})}))
     assert again.students["full"].logs.history[-1].loss_fn == "CosineLoss"
     assert [h.step for h in again.students["full"].logs.history] == [10]  # a partial epoch, recorded
-    assert report.students["full"].logs.history[-1].loss_fn == "MSELoss"
+    assert report.students["full"].logs.history[-1].loss_fn == "TeacherContrastiveLoss"  # the default: mse+contrastive
     assert again.corpus_reused and not report.corpus_reused
     assert again.teacher_cache.computed == 0
     assert all(s.states_cache is None for s in again.students.values())  # the training sets are reused: no frozen pass at all

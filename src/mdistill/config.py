@@ -111,7 +111,7 @@ class CorpusConfig(_Strict):
     dedup: bool = True  # exact (en, lang, text) duplicates: first kept, the rest quarantined
     dev_fraction: float = Field(0.015, ge=0, lt=1)  # of English sentences, by hash
     test_fraction: float = Field(0.015, ge=0, lt=1)  # of English sentences, by hash
-    train_fraction: float = Field(0.025, gt=0, le=1)  # of the remaining English sentences, by hash (rest: unused)
+    train_fraction: float = Field(0.017, gt=0, le=1)  # of the remaining English sentences, by hash (rest: unused)
     # Whole sources never trained on: fnmatch patterns over a row's source label (libreoffice,
     # gettext:<package>, ddtp, a user source's name) or its file (origin). Their rows whose English
     # does not hash into train form the out-of-domain ``heldout`` split; the rest are unused.
@@ -188,7 +188,11 @@ class StudentConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    loss: Literal["mse", "cosine"] = "mse"  # embedding distillation loss (mdistill.losses)
+    # embedding distillation loss (mdistill.losses): mse (Reimers & Gurevych), cosine, or mse plus
+    # the teacher-space contrastive term (each vector nearer its own teacher target than the batch's others)
+    loss: Literal["mse", "cosine", "mse+contrastive"] = "mse+contrastive"
+    contrastive_weight: float = Field(1.0, gt=0)  # mse+contrastive: weight of the contrastive term
+    contrastive_temperature: float = Field(0.05, gt=0)  # mse+contrastive: softmax temperature over cosines
     workers: int = Field(2, ge=1)
     use_gpu: bool = False  # one GPU per worker, nccl, bf16
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # workers over nodes (Ray placement group)

@@ -29,7 +29,8 @@ from urllib.parse import unquote
 from mdistill.corpus.langs import normalize_lang, try_normalize_lang
 from mdistill.corpus.libreoffice import help_lang_dir
 
-# Packages whose gettext catalogs (.mo) are the corpus. postgresql-15 is the major in Debian 12
+# Packages whose gettext catalogs (.mo) are the corpus (each one's licence: its copyright file,
+# recorded in contents/<pkg>.json and the corpus manifest's ``licences``). postgresql-15 is the major in Debian 12
 # (bookworm); on another release it is reported as unavailable and skipped.
 GETTEXT_PACKAGES: list[str] = [
     "postgresql-15",
@@ -46,6 +47,46 @@ GETTEXT_PACKAGES: list[str] = [
     "appstream",
     "gsettings-desktop-schemas",
     "libkrb5-3",
+    # Issue 14: more projects and translators, so the student sees UI text beyond a few tools
+    # (desktop apps, system tools, a mail client, a spreadsheet, accounting, media players).
+    "apt",
+    "aptitude-common",
+    "bash",
+    "debconf-i18n",
+    "diffutils",
+    "e2fsprogs-l10n",
+    "evince-common",
+    "findutils",
+    "gawk",
+    "gedit-common",
+    "gnome-control-center-data",
+    "gnome-shell-common",
+    "gnucash-common",
+    "gnumeric-common",
+    "grep",
+    "kbd",
+    "libgphoto2-l10n",
+    "lynx-common",
+    "make",
+    "man-db",
+    "mc-data",
+    "mutt",
+    "nano",
+    "nautilus-data",
+    "poedit-common",
+    "procps",
+    "psmisc",
+    "pulseaudio",
+    "rhythmbox-data",
+    "sed",
+    "sharutils",
+    "shotwell-common",
+    "tar",
+    "totem-common",
+    "util-linux-locales",
+    "vlc-l10n",
+    "wget",
+    "xfce4-session",
 ]
 
 APT_TIMEOUT_S = 900  # a hung mirror must not hang the corpus build forever
@@ -103,12 +144,54 @@ def deb_version(deb: str) -> tuple[str, str]:
 
 
 def _extracted(dest: Path) -> dict[str, str]:
-    """Package name -> .deb file name of what is already unpacked in ``dest`` (``packages.txt``)."""
+    """Package name -> .deb file name of what is already unpacked in ``dest`` (``packages.txt``)
+    and has its contents record (``contents/<pkg>.json``; a package unpacked before records
+    existed is fetched again, once, so its catalogs are known)."""
     marker = dest / "packages.txt"
     if not marker.exists():
         return {}
     debs = [line.strip() for line in marker.read_text().splitlines() if line.strip()]
-    return {deb.split("_")[0]: deb for deb in debs}
+    return {deb.split("_")[0]: deb for deb in debs if (dest / "contents" / f"{deb.split('_')[0]}.json").is_file()}
+
+
+def copyright_licences(text: str) -> list[str]:
+    """The licences a Debian copyright file (DEP-5) gives the package's text: the ``License:`` of
+    the ``Files: *`` paragraph and of paragraphs naming translations (``po/``, ``*.po``), distinct,
+    in order; every distinct ``License:`` when no paragraph matches; ``[]`` for a free-form file."""
+    main: list[str] = []
+    every: list[str] = []
+    for para in re.split(r"\n\s*\n", text):
+        files = re.search(r"^Files:[ \t]*(.*(?:\n[ \t]+.*)*)", para, re.MULTILINE)
+        lic = re.search(r"^License:[ \t]*(\S[^\n]*)$", para, re.MULTILINE)
+        if lic is None:
+            continue
+        name = lic.group(1).strip()
+        every += [] if name in every else [name]
+        patterns = files.group(1).split() if files else []
+        if ("*" in patterns or any("po/" in f or f.endswith(".po") for f in patterns)) and name not in main:
+            main.append(name)
+    return main or every
+
+
+def _record(pkg: str, deb: str, tree: Path) -> dict:
+    """What one unpacked package holds that the corpus uses: its catalogs and its licences."""
+    locale = tree / "usr" / "share" / "locale"
+    catalogs = sorted(str(p.relative_to(tree)) for p in locale.glob("*/LC_MESSAGES/*.mo")) if locale.is_dir() else []
+    cp = tree / "usr" / "share" / "doc" / pkg / "copyright"
+    licences = copyright_licences(cp.read_text(errors="replace")) if cp.is_file() else []
+    if not licences:  # free-form copyright, or none shipped (a doc link to another package): say so
+        licences = [f"see usr/share/doc/{pkg}/copyright" if cp.is_file() else "not stated in the package (no copyright file)"]
+    return {"package": pkg, "deb": deb, "catalogs": catalogs, "licences": licences}
+
+
+def package_records(dest: Path, pkgs: Iterable[str]) -> dict[str, dict]:
+    """The contents records (``_record``) of the unpacked ``pkgs`` in ``dest``; absent ones left out."""
+    out = {}
+    for pkg in pkgs:
+        f = dest / "contents" / f"{pkg}.json"
+        if f.is_file():
+            out[pkg] = json.loads(f.read_text())
+    return out
 
 
 def _download_one(pkg: str, dest: Path, apt_options: list[str] | None = None) -> str | None:
@@ -116,6 +199,9 @@ def _download_one(pkg: str, dest: Path, apt_options: list[str] | None = None) ->
 
     One apt call per package: ``apt-get download a b c`` fails as a whole when one name is missing.
     ``apt_options`` (``private_apt_options``): fetch what a private, fresh set of lists names.
+    Each package is also unpacked into a scratch folder, so ``contents/<pkg>.json`` can list the
+    catalogs it owns: a run that names a few packages reads only theirs, not every package the
+    shared folder has accumulated.
     """
     with tempfile.TemporaryDirectory() as tmp:
         cmd = ["apt-get", "download", *(apt_options or []), pkg]
@@ -126,15 +212,21 @@ def _download_one(pkg: str, dest: Path, apt_options: list[str] | None = None) ->
                 f"Debian package {pkg!r} is not available in this release, skipped: {r.stderr.strip().splitlines()[-1:]}", stacklevel=3
             )
             return None
-        for deb in debs:
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True, capture_output=True)
+        tree = Path(tmp) / "tree"
+        tree.mkdir()
+        for deb in debs:  # twice: alone (what it owns) and into the shared folder (dpkg-deb replaces links there)
+            for into in (tree, dest):
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], check=True, capture_output=True)
+        (dest / "contents").mkdir(parents=True, exist_ok=True)
+        (dest / "contents" / f"{pkg}.json").write_text(json.dumps(_record(pkg, debs[0].name, tree), indent=1))
         with (dest / "packages.txt").open("a") as f:  # versions: part of the corpus fingerprint
             f.writelines(deb.name + "\n" for deb in debs)
         return debs[0].name
 
 
 def download_packages(pkgs: list[str], dest: Path) -> list[str]:
-    """Unpack ``pkgs`` into ``dest`` (cached by ``dest/packages.txt``); the names that are available.
+    """Unpack ``pkgs`` into ``dest`` (cached by ``dest/packages.txt`` and ``dest/contents/``); the
+    names that are available.
 
     A name this release lacks is skipped with a warning, so a list written for one Debian release
     still builds on another.
@@ -155,15 +247,20 @@ def _locale_lang(dirname: str) -> str | None:
     return None if "@" in dirname else try_normalize_lang(dirname)
 
 
-def gettext_catalogs(root: Path, langs: list[str]) -> list[tuple[str, str, Path]]:
-    """``(lang, domain, path)`` of every ``usr/share/locale/<dir>/LC_MESSAGES/*.mo`` for ``langs``, sorted.
+def gettext_catalogs(root: Path, langs: list[str], packages: Iterable[str] | None = None) -> list[tuple[str, str, Path]]:
+    """``(lang, domain, path)`` of every ``usr/share/locale/<dir>/LC_MESSAGES/*.mo`` for ``langs``, sorted;
+    with ``packages``, only the catalogs those packages own (their ``contents`` records).
 
     The domain (the .mo file name: ``git``, ``coreutils``, ``gtk20``) labels the source. Several
     folders may map to one language (``de`` and ``de_DE``): all are returned.
     """
     wanted = {normalize_lang(lang) for lang in langs}
+    if packages is None:
+        mos = list((root / "usr" / "share" / "locale").glob("*/LC_MESSAGES/*.mo"))
+    else:
+        mos = [root / c for r in package_records(root, packages).values() for c in r["catalogs"]]
     found = []
-    for mo in (root / "usr" / "share" / "locale").glob("*/LC_MESSAGES/*.mo"):
+    for mo in mos:
         lang = _locale_lang(mo.parent.parent.name)
         if lang in wanted and mo.is_file():
             found.append((lang, mo.stem, mo))

@@ -6,6 +6,7 @@ from mdistill.losses.DistillationLoss import DistillationLoss
 from mdistill.losses.HiddenStateLoss import HiddenStateLoss, uniform_layer_map
 from mdistill.losses.KLDivLoss import KLDivLoss
 from mdistill.losses.MSELoss import MSELoss
+from mdistill.losses.TeacherContrastiveLoss import TeacherContrastiveLoss
 
 __all__ = [
     "AttentionRelationLoss",
@@ -14,6 +15,7 @@ __all__ = [
     "HiddenStateLoss",
     "KLDivLoss",
     "MSELoss",
+    "TeacherContrastiveLoss",
     "capture_qkv",
     "uniform_layer_map",
 ]

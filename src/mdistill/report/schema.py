@@ -68,6 +68,7 @@ class CorpusSummary(Counts):
     units: int | None = None
     rows_read: int | None = None
     english_sentences: dict[str, int] | None = None
+    licences: dict[str, str] = {}  # source -> licence(s), where the input names them (Debian copyright files)
     languages: dict[str, Counts] = {}
     sources: dict[str, Counts] = {}
 

@@ -53,22 +53,36 @@ def _unit(fmt: str, path: str, source: str, origin: str, nbytes: int, **args) ->
 
 def debian_units(src: SourceConfig, langs: list[str], cache_dir: Path) -> tuple[list[dict], str]:
     """Read units of the built-in corpus and what they came from (package versions)."""
-    from mdistill.corpus.debian import GETTEXT_PACKAGES, ddtp_lists, ddtp_marker, download_packages, gettext_catalogs
+    from mdistill.corpus.debian import (
+        GETTEXT_PACKAGES,
+        copyright_licences,
+        ddtp_lists,
+        ddtp_marker,
+        download_packages,
+        gettext_catalogs,
+        package_records,
+    )
 
     units: list[dict] = []
     identity: list[str] = []
     if "libreoffice" in src.parts:
         help_root = debian_help_root(langs, cache_dir)
         identity.append(source_identity(help_root))
+        cp = help_root.parents[3] / "usr" / "share" / "doc" / "libreoffice-help-en-us" / "copyright"
+        licence = ", ".join(copyright_licences(cp.read_text(errors="replace"))) if cp.is_file() else None
         for rel in list_help_files(help_root, src.max_files):
             size = (help_root / "en-US" / rel).stat().st_size
-            units.append(_unit("libreoffice", rel, "libreoffice", f"libreoffice-help/{rel}", size, help_root=str(help_root), langs=langs))
+            unit = _unit("libreoffice", rel, "libreoffice", f"libreoffice-help/{rel}", size, help_root=str(help_root), langs=langs)
+            units.append(unit | {"licence": licence})
     if "gettext" in src.parts:
         root = cache_dir / "debian" / "gettext"
-        download_packages(src.packages or GETTEXT_PACKAGES, root)
-        identity.append((root / "packages.txt").read_text() if (root / "packages.txt").exists() else "")
-        for lang, label, path in gettext_catalogs(root, langs):
-            units.append(_unit("mo", str(path), f"gettext:{label}", str(path.relative_to(root)), path.stat().st_size, lang=lang))
+        pkgs = download_packages(src.packages or GETTEXT_PACKAGES, root)
+        records = package_records(root, pkgs)
+        identity.append("\n".join(sorted(r["deb"] for r in records.values())))  # the versions read, not all the folder holds
+        licence = {c: ", ".join(r["licences"]) for r in records.values() for c in r["catalogs"]}
+        for lang, label, path in gettext_catalogs(root, langs, pkgs):
+            rel = str(path.relative_to(root))
+            units.append(_unit("mo", str(path), f"gettext:{label}", rel, path.stat().st_size, lang=lang) | {"licence": licence.get(rel)})
     if "ddtp" in src.parts:
         lists = ddtp_lists(langs, cache_dir / "debian" / "ddtp")
         versions = ddtp_marker(cache_dir / "debian" / "ddtp").get("versions", {})  # content digests, if recorded
@@ -86,8 +100,14 @@ def debian_units(src: SourceConfig, langs: list[str], cache_dir: Path) -> tuple[
                     ident.append({code: versions.get(code) for code in ("en", lang)})
                 identity.append(json.dumps(ident))
                 size = sum(Path(p).stat().st_size for p in xx)
-                units.append(_unit("ddtp", "|".join(xx), "ddtp", f"ddtp/Translation-{lang}", size, en_paths=en, lang=lang))
+                unit = _unit("ddtp", "|".join(xx), "ddtp", f"ddtp/Translation-{lang}", size, en_paths=en, lang=lang)
+                units.append(unit | {"licence": DDTP_TERMS})
     return units, "\n".join(identity)
+
+
+# Package descriptions are part of each package (Debian main: DFSG-free); DDTP publishes the
+# translations in the archive's i18n indexes.
+DDTP_TERMS = "Debian package descriptions and their DDTP translations (Debian main archive; https://ddtp.debian.org)"
 
 
 def _as_list(x) -> list:
@@ -191,7 +211,14 @@ def build_corpus(cfg: CorpusConfig, cache_dir: Path, out_dir: Path | None = None
     written = sum(pq.ParquetFile(f).metadata.num_rows for sub in ("pairs", "quarantine") for f in (tmp / sub).glob("*.parquet"))
     if written != staged_rows:
         raise AssertionError(f"corpus: {staged_rows} rows read but {written} written")
-    manifest = {"fingerprint": fingerprint, "buckets": buckets, "units": len(units), **manifest}
+    licences = {u["source"]: u["licence"] for u in units if u.get("licence")}  # what each source may be used under
+    manifest = {
+        "fingerprint": fingerprint,
+        "buckets": buckets,
+        "units": len(units),
+        **manifest,
+        **({"licences": licences} if licences else {}),
+    }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     for line in summary_lines(manifest):
         log.info(line)

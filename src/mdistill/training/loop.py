@@ -98,7 +98,7 @@ class DistillLoop:
         import ray.train.torch
 
         from mdistill.encode import load_sentence_transformer
-        from mdistill.losses import CosineLoss, MSELoss
+        from mdistill.losses import CosineLoss, MSELoss, TeacherContrastiveLoss
         from mdistill.models.split import FullStudent, TopStudent
         from mdistill.training.step import StateFeatures, TextFeatures, deepspeed_config, make_optimizer, steps_per_epoch
 
@@ -126,7 +126,10 @@ class DistillLoop:
         optimizer, scheduler = make_optimizer(
             self.student, lr=t.lr, head_lr=t.head_lr, weight_decay=t.weight_decay, total_steps=self.total_steps, warmup_ratio=t.warmup_ratio
         )
-        self.loss_fn = CosineLoss() if t.loss == "cosine" else MSELoss()
+        if t.loss == "mse+contrastive":
+            self.loss_fn = TeacherContrastiveLoss(MSELoss(), weight=t.contrastive_weight, temperature=t.contrastive_temperature)
+        else:
+            self.loss_fn = CosineLoss() if t.loss == "cosine" else MSELoss()
         if cfg.intermediate is not None:
             from mdistill.models.layer_distill import WithIntermediate
 

@@ -56,7 +56,7 @@ def run_variant(config: str, name: str, overrides: list[str], runs: Path) -> dic
 
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| variant | overrides | train pairs | wall | dev mean | held-out de | es | fr | zh_CN | held-out mean | linear map (held-out mean) |",
+        "| variant | overrides | train pairs | wall (train stage) | dev mean | held-out de | es | fr | zh_CN | held-out mean | linear map (held-out mean) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -65,7 +65,7 @@ def markdown(results: list[dict]) -> str:
             continue
         h = r["heldout"]["student"]
         lines.append(
-            f"| {r['name']} | `{' '.join(r['overrides']) or '-'}` | {r['train_pairs']:,} | {r['wall_s'] / 60:.1f} min "
+            f"| {r['name']} | `{' '.join(r['overrides']) or '-'}` | {r['train_pairs']:,} | {r['wall_s'] / 60:.1f} min ({r['stages_s'].get('train', 0):.0f} s) "
             f"| {r['dev_mean']['student']:.3f} | "
             + " | ".join(f"{h.get(lg, float('nan')):.3f}" for lg in LANGS)
             + f" | **{r['heldout_mean']['student']:.3f}** | {r['heldout_mean'].get('linear_map', float('nan')):.3f} |"

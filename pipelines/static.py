@@ -106,7 +106,7 @@ def run(cfg) -> RunReport:
 
     student = StudentReport(
         model=init.source, built_from=start.steps, params=params, layers=0, train_layers="all", projection="none",
-        strategy="ddp", loss="mse", logs=trained.logs, states_cache=None, training_set=f"{data.fingerprint}-{teacher_pass.fingerprint}", export=check,
+        strategy="ddp", loss=cfg.train.loss, logs=trained.logs, states_cache=None, training_set=f"{data.fingerprint}-{teacher_pass.fingerprint}", export=check,
     )  # fmt: skip
     report = RunReport.of_run(
         cfg.model_dump(mode="json"),

@@ -78,3 +78,13 @@ def test_bad_settings_are_refused():
         KLDivLoss(0)
     with pytest.raises(ValueError):
         DistillationLoss(alpha=1.5)
+
+
+def test_train_loss_names_build_their_losses():
+    from mdistill.losses import embedding_loss
+
+    both = embedding_loss("mse+contrastive", contrastive_weight=0.3, contrastive_temperature=0.1)
+    assert isinstance(both, TeacherContrastiveLoss) and isinstance(both.base, MSELoss) and (both.weight, both.temperature) == (0.3, 0.1)
+    assert isinstance(embedding_loss("mse"), MSELoss) and isinstance(embedding_loss("cosine"), CosineLoss)
+    with pytest.raises(ValueError, match="unknown embedding loss 'kl'"):
+        embedding_loss("kl")

@@ -98,7 +98,7 @@ class DistillLoop:
         import ray.train.torch
 
         from mdistill.encode import load_sentence_transformer
-        from mdistill.losses import CosineLoss, MSELoss, TeacherContrastiveLoss
+        from mdistill.losses import embedding_loss
         from mdistill.models.split import FullStudent, TopStudent
         from mdistill.training.step import StateFeatures, TextFeatures, deepspeed_config, make_optimizer, steps_per_epoch
 
@@ -126,10 +126,7 @@ class DistillLoop:
         optimizer, scheduler = make_optimizer(
             self.student, lr=t.lr, head_lr=t.head_lr, weight_decay=t.weight_decay, total_steps=self.total_steps, warmup_ratio=t.warmup_ratio
         )
-        if t.loss == "mse+contrastive":
-            self.loss_fn = TeacherContrastiveLoss(MSELoss(), weight=t.contrastive_weight, temperature=t.contrastive_temperature)
-        else:
-            self.loss_fn = CosineLoss() if t.loss == "cosine" else MSELoss()
+        self.loss_fn = embedding_loss(t.loss, contrastive_weight=t.contrastive_weight, contrastive_temperature=t.contrastive_temperature)
         if cfg.intermediate is not None:
             from mdistill.models.layer_distill import WithIntermediate
 

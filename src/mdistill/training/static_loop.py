@@ -56,11 +56,13 @@ class StaticLoop:
         import ray.train.torch
         from model2vec import StaticModel
 
+        from mdistill.losses import embedding_loss
         from mdistill.training import static_step
 
         cfg, t = self.cfg, self.t
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
+        self.loss_fn = embedding_loss(t.loss, contrastive_weight=t.contrastive_weight, contrastive_temperature=t.contrastive_temperature)
         self.per_epoch = -(-(cfg.train_rows // self.world) // t.batch_size)  # ceil: the last batch may be short
         if self.per_epoch == 0:
             raise ValueError(f"static: {cfg.train_rows} training rows for {self.world} workers: no batch")
@@ -108,7 +110,7 @@ class StaticLoop:
                 continue  # done before the restart
             targets = torch.as_tensor(np.array(embedding_matrix(batch.column("target"))), dtype=torch.float32)
             self.student.train()
-            value = static_loss(self.model, batch.column("text").to_pylist(), targets)
+            value = static_loss(self.model, batch.column("text").to_pylist(), targets, self.loss_fn)
             value.backward()
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), t.max_grad_norm)
             self.optimizer.step()
@@ -133,7 +135,7 @@ class StaticLoop:
         elapsed = time.time() - t0
         rec = EpochRecord(
             epoch=epoch + 1, step=self.micro, loss=sum(losses) / max(1, len(losses)), elapsed_s=elapsed,
-            samples_per_s=seen * self.world / max(1e-9, elapsed), first_batch_s=0.0, loss_fn="mse",
+            samples_per_s=seen * self.world / max(1e-9, elapsed), first_batch_s=0.0, loss_fn=type(self.loss_fn).__name__,
         )  # fmt: skip
         self.logs.history.append(rec)
         self.save_and_report(rec.model_dump(), final=self.micro >= self.total)

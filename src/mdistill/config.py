@@ -192,7 +192,7 @@ class TrainConfig(_Strict):
     # the teacher-space contrastive term (each vector nearer its own teacher target than the batch's others)
     loss: Literal["mse", "cosine", "mse+contrastive"] = "mse+contrastive"
     contrastive_weight: float = Field(1.0, gt=0)  # mse+contrastive: weight of the contrastive term
-    contrastive_temperature: float = Field(0.05, gt=0)  # mse+contrastive: softmax temperature over cosines
+    contrastive_temperature: float = Field(0.1, gt=0)  # mse+contrastive: softmax temperature over cosines
     workers: int = Field(2, ge=1)
     use_gpu: bool = False  # one GPU per worker, nccl, bf16
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # workers over nodes (Ray placement group)

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 
 class TeacherContrastiveLoss(nn.Module):
-    def __init__(self, base: nn.Module | None = None, weight: float = 1.0, temperature: float = 0.05):
+    def __init__(self, base: nn.Module | None = None, weight: float = 1.0, temperature: float = 0.1):
         super().__init__()
         self.base, self.weight, self.temperature = base, weight, temperature
 

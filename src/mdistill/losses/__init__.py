@@ -9,7 +9,7 @@ from mdistill.losses.MSELoss import MSELoss
 from mdistill.losses.TeacherContrastiveLoss import TeacherContrastiveLoss
 
 
-def embedding_loss(name: str, *, contrastive_weight: float = 1.0, contrastive_temperature: float = 0.05):
+def embedding_loss(name: str, *, contrastive_weight: float = 1.0, contrastive_temperature: float = 0.1):
     """The embedding-distillation loss ``train.loss`` names: ``mse``, ``cosine`` or ``mse+contrastive``."""
     if name == "mse+contrastive":
         return TeacherContrastiveLoss(MSELoss(), weight=contrastive_weight, temperature=contrastive_temperature)

@@ -41,6 +41,17 @@ def test_warmup_then_linear_decay():
     assert f(55) == 0.5 and f(100) == 0.0
 
 
+class Unmasked(torch.nn.Module):
+    """A plain module called as the students are: ``model(x, mask)``."""
+
+    def __init__(self, m: torch.nn.Module):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x, mask):
+        return self.m(x)
+
+
 def test_train_step_reduces_loss():
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 8)
@@ -48,15 +59,7 @@ def test_train_step_reduces_loss():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
-    class Wrap(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = model
-
-        def forward(self, x, mask):
-            return self.m(x)
-
-    losses = [train_step(Wrap(), MSELoss(), opt, sched, (x, None, y), 1.0) for _ in range(50)]
+    losses = [train_step(Unmasked(model), MSELoss(), opt, sched, (x, None, y), 1.0) for _ in range(50)]
     assert losses[-1] < losses[0] * 0.8
 
 
@@ -95,14 +98,6 @@ def test_contrastive_term_through_train_step_ranks_each_row_on_its_own_target():
     x = torch.randn(32, 32)
     y = torch.nn.functional.normalize(torch.randn(16, 8), dim=-1).repeat_interleave(2, dim=0)
 
-    class Wrap(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = model
-
-        def forward(self, x, mask):
-            return self.m(x)
-
     with torch.no_grad():
         s = model(x)
         cos = torch.nn.functional.normalize(s, dim=-1) @ y[::2].T  # the 16 distinct targets
@@ -110,10 +105,10 @@ def test_contrastive_term_through_train_step_ranks_each_row_on_its_own_target():
     loss_fn = TeacherContrastiveLoss(MSELoss(), temperature=0.1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    first = train_step(Wrap(), loss_fn, opt, sched, (x, None, y), 1.0)
+    first = train_step(Unmasked(model), loss_fn, opt, sched, (x, None, y), 1.0)
     assert first == pytest.approx(by_hand.item(), rel=1e-5)
     for _ in range(200):
-        train_step(Wrap(), loss_fn, opt, sched, (x, None, y), 1.0)
+        train_step(Unmasked(model), loss_fn, opt, sched, (x, None, y), 1.0)
     with torch.no_grad():
         nearest = (torch.nn.functional.normalize(model(x), dim=-1) @ y[::2].T).argmax(1)
     assert (nearest == torch.arange(32) // 2).float().mean() == 1.0

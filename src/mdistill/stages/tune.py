@@ -57,7 +57,7 @@ def search_algorithm(cfg: RunConfig, concurrent: int):
 def fresh_or_restore(experiment: Path, base: dict) -> None:
     """Keep an interrupted search for ``Tuner.restore`` only if it was started with the same
     settings (everything but the outcome-neutral sections); otherwise start afresh."""
-    keep = {k: v for k, v in base.items() if k not in ("ray", "job", "registry", "schedule")}
+    keep = {k: v for k, v in base.items() if k not in ("ray", "job", "registry", "schedule", "tracking")}
     keep["tune"] = {k: v for k, v in (base["tune"] or {}).items() if k != "retrain_best"}
     wanted = json.dumps(keep, sort_keys=True, default=str)
     stamp = experiment.parent / f"{experiment.name}.mdistill_settings.json"

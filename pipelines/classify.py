@@ -30,15 +30,17 @@ from mdistill.stages.classify_data import TaskData, select_task
 from mdistill.stages.corpus import build_corpus
 from mdistill.stages.teacher import open_teacher
 from mdistill.storage import check_shared
+from mdistill.tracking import RunTracker
 from mdistill.training.classify_loop import classify_loop_per_worker
 
 
-def _trainer(cfg: RunConfig, role: str, rows: pa.Table, loop, scaling) -> TorchTrainer:
+def _trainer(cfg: RunConfig, role: str, rows: pa.Table, loop, scaling, tracker: RunTracker | None) -> TorchTrainer:
     storage = cfg.output_path / "ray_train"
     classify.fresh_or_resume(storage / role, loop, classify.table_fingerprint(rows))
+    tracking = tracker.training(role, child=True, params={"train": loop.train}) if tracker else None  # a child run per classifier
     return TorchTrainer(
         classify_loop_per_worker,
-        train_loop_config={"loop": loop.model_dump()},
+        train_loop_config={"loop": loop.model_copy(update={"tracking": tracking}).model_dump()},
         scaling_config=scaling,
         datasets={"train": ray.data.from_arrow(rows)},
         dataset_config=train.data_config(),
@@ -54,7 +56,7 @@ def _report_of(role: str, loop, rows: pa.Table, trained: classify.TrainedClassif
     )  # fmt: skip
 
 
-def train_teacher(cfg: RunConfig, task: TaskData, timings: Timings) -> tuple[str, ClassifierReport | None]:
+def train_teacher(cfg: RunConfig, task: TaskData, timings: Timings, tracker: RunTracker | None) -> tuple[str, ClassifierReport | None]:
     """The English teacher: ``teacher.model`` fine-tuned on the English training paragraphs (Ray
     Train), or, with ``classify.train_teacher: false``, ``teacher.model`` as it is."""
     if not cfg.classify.train_teacher:
@@ -66,7 +68,7 @@ def train_teacher(cfg: RunConfig, task: TaskData, timings: Timings) -> tuple[str
         loop = classify.loop_config(
             cfg, "teacher", model_path=base, rows=rows.num_rows, train=cfg.train, eval_path=None, threads=threads, teacher_base=None
         )
-        trained = classify.load_trained(_trainer(cfg, "teacher", rows, loop, scaling).fit())
+        trained = classify.load_trained(_trainer(cfg, "teacher", rows, loop, scaling, tracker).fit())
         card = classifier_card(
             "teacher",
             role="teacher",
@@ -85,8 +87,9 @@ def run(cfg: RunConfig) -> ClassifyReport:
     t_start, timings, out, c = time.time(), Timings(), cfg.output_path, cfg.classify
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    tracker = RunTracker(cfg, timings, recipe="classify")  # tracking: MLflow run / TensorBoard folder (off unless set)
     init_ray(cfg.ray)
-    check_shared({"cache_dir": cfg.cache_path, "output_dir": out})  # several nodes: every one must see both
+    check_shared({"cache_dir": cfg.cache_path, "output_dir": out} | cfg.tracking.shared_folders())  # several nodes: every one must see them
 
     # 1. Corpus and task: labelled help paragraphs (English + translations), split by help file.
     with timings.stage("corpus"):
@@ -97,7 +100,7 @@ def run(cfg: RunConfig) -> ClassifyReport:
         pq.write_table(task.eval, eval_path)  # every worker predicts these rows at the end
 
     # 2. Teacher: an English classifier, trained on the English training paragraphs or loaded.
-    teacher_dir, teacher_report = train_teacher(cfg, task, timings)
+    teacher_dir, teacher_report = train_teacher(cfg, task, timings, tracker)
 
     # 3. Teacher logits of every English training source (the targets) and every evaluation row
     #    (the teacher-alone baseline), once, on an actor pool, into the content-addressed cache.
@@ -125,7 +128,7 @@ def run(cfg: RunConfig) -> ClassifyReport:
                 cfg, role, model_path=student_base, rows=rows_of[role].num_rows, train=tcfg, eval_path=eval_path, threads=threads,
                 teacher_base=teacher_base,
             )  # fmt: skip
-            trainers[role] = _trainer(cfg, role, rows_of[role], loops[role], scaling)
+            trainers[role] = _trainer(cfg, role, rows_of[role], loops[role], scaling, tracker)
         trained = {role: classify.load_trained(r) for role, r in train.fit_all(trainers).items()}
 
     # 5. Evaluate per language on the test (and dev) files: the teacher on every language, each student.
@@ -171,6 +174,7 @@ def run(cfg: RunConfig) -> ClassifyReport:
         checks=checks,
     )
     write_classify_report(out, report)
+    tracker.finish(report)
     print(render_classify_markdown(report), flush=True)
     return report
 
@@ -184,7 +188,7 @@ def teacher_only(cfg: RunConfig) -> tuple[str, float]:
     c, timings = cfg.classify, Timings()
     corpus = build_corpus(cfg.corpus, cfg.cache_path)
     task = select_task(corpus, cfg.corpus.langs, c.max_train_english, c.max_eval_english)
-    path, _ = train_teacher(cfg, task, timings)
+    path, _ = train_teacher(cfg, task, timings, None)
     dev = task.eval.filter(
         pa.compute.and_(pa.compute.equal(task.eval.column("split"), "dev"), pa.compute.equal(task.eval.column("lang"), "en"))
     )

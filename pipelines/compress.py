@@ -33,6 +33,7 @@ from mdistill.stages.export import export
 from mdistill.stages.select import select_data
 from mdistill.stages.teacher import open_teacher
 from mdistill.storage import check_shared
+from mdistill.tracking import RunTracker
 from mdistill.training.loop import train_loop_per_worker
 
 NAME = "student"
@@ -42,8 +43,9 @@ def run(cfg: RunConfig) -> RunReport:
     t_start, timings, out = time.time(), Timings(), cfg.output_path
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    tracker = RunTracker(cfg, timings, recipe="compress")  # tracking: MLflow run / TensorBoard folder (off unless set)
     init_ray(cfg.ray)
-    check_shared({"cache_dir": cfg.cache_path, "output_dir": out})
+    check_shared({"cache_dir": cfg.cache_path, "output_dir": out} | cfg.tracking.shared_folders())
     c = cfg.compress
 
     # 1. Corpus and the selection (as the embedding recipe).
@@ -79,7 +81,9 @@ def run(cfg: RunConfig) -> RunReport:
     with timings.stage("train"):
         storage = out / "ray_train"
         scaling, threads = train.scaling(cfg.train)
-        loop = train.loop_config(s, ts, cfg.train, seed=cfg.seed, head_path=None, threads=threads)
+        loop = train.loop_config(
+            s, ts, cfg.train, seed=cfg.seed, head_path=None, threads=threads, tracking=tracker.training(NAME, child=False)
+        )
         loop = loop.model_copy(update={"intermediate": compress.intermediate_spec(c, teacher.model_dir, s.path)})
         train.fresh_or_resume(storage / NAME, loop, ts)
         result = TorchTrainer(
@@ -155,5 +159,6 @@ def run(cfg: RunConfig) -> RunReport:
     )
     write_model_card(check.path, model_card_info(report, NAME))
     write_report(out, report)
+    tracker.finish(report)
     print(render_markdown(report), flush=True)
     return report

@@ -32,6 +32,7 @@ from mdistill.stages.export import export
 from mdistill.stages.select import select_data
 from mdistill.stages.teacher import open_teacher
 from mdistill.storage import check_shared
+from mdistill.tracking import RunTracker
 from mdistill.training.loop import train_loop_per_worker
 
 
@@ -47,8 +48,9 @@ def run(cfg: RunConfig) -> RunReport:
     t_start, timings, out = time.time(), Timings(), cfg.output_path
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    tracker = RunTracker(cfg, timings, recipe="run")  # tracking: MLflow run / TensorBoard folder (off unless set)
     init_ray(cfg.ray)
-    check_shared({"cache_dir": cfg.cache_path, "output_dir": out})  # several nodes: every one must see both
+    check_shared({"cache_dir": cfg.cache_path, "output_dir": out} | cfg.tracking.shared_folders())  # several nodes: every one must see them
     specs = cfg.student_specs()
     single = len(specs) == 1  # one student keeps the short names: model/, untrained, linear_map
 
@@ -86,7 +88,10 @@ def run(cfg: RunConfig) -> RunReport:
             # 4. One TorchTrainer per student (DDP or DeepSpeed ZeRO; gloo on CPU, nccl on GPU).
             storage = out / "ray_train"
             scaling, threads = train.scaling(tcfg, concurrent=len(specs))
-            loop = train.loop_config(s, ts, tcfg, seed=cfg.seed, head_path=train.save_head(storage, name, maps.head), threads=threads)
+            loop = train.loop_config(
+                s, ts, tcfg, seed=cfg.seed, head_path=train.save_head(storage, name, maps.head), threads=threads,
+                tracking=tracker.training(name, child=not single, params={"student": scfg, "train": tcfg}),
+            )  # fmt: skip
             train.fresh_or_resume(storage / name, loop, ts)
             trainers[name] = TorchTrainer(
                 train_loop_per_worker,
@@ -157,5 +162,6 @@ def run(cfg: RunConfig) -> RunReport:
     for name, s in students.items():
         write_model_card(s.export.path, model_card_info(report, name))
     write_report(out, report)
+    tracker.finish(report)  # the tables, the report and the exported model(s)
     print(render_markdown(report), flush=True)
     return report

@@ -31,6 +31,7 @@ from mdistill.stages.evaluate import teacher_dev_vectors
 from mdistill.stages.select import select_data
 from mdistill.stages.teacher import open_teacher
 from mdistill.storage import check_shared
+from mdistill.tracking import RunTracker
 from mdistill.training.static_loop import StaticLoopConfig, static_loop_per_worker
 
 NAME = "static"
@@ -40,8 +41,9 @@ def run(cfg) -> RunReport:
     t_start, timings, out = time.time(), Timings(), cfg.output_path
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    tracker = RunTracker(cfg, timings, recipe="static")  # tracking: MLflow run / TensorBoard folder (off unless set)
     init_ray(cfg.ray)
-    check_shared({"cache_dir": cfg.cache_path, "output_dir": out})
+    check_shared({"cache_dir": cfg.cache_path, "output_dir": out} | cfg.tracking.shared_folders())
 
     # 1. Corpus and the selection (as the embedding recipe).
     with timings.stage("corpus"):
@@ -72,7 +74,10 @@ def run(cfg) -> RunReport:
     with timings.stage("train"):
         storage = out / "ray_train"
         scaling, threads = train.scaling(cfg.train)
-        loop = StaticLoopConfig(init_path=str(start.path), train_rows=n_rows, threads=threads, seed=cfg.seed, train=cfg.train)
+        loop = StaticLoopConfig(
+            init_path=str(start.path), train_rows=n_rows, threads=threads, seed=cfg.seed, train=cfg.train,
+            tracking=tracker.training(NAME, child=False),
+        )  # fmt: skip
         static.fresh_or_resume(storage / NAME, loop, teacher_pass.fingerprint)
         result = TorchTrainer(
             static_loop_per_worker,
@@ -127,5 +132,6 @@ def run(cfg) -> RunReport:
     )
     write_model_card(check.path, model_card_info(report, NAME))
     write_report(out, report)
+    tracker.finish(report)
     print(render_markdown(report), flush=True)
     return report

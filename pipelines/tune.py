@@ -45,6 +45,8 @@ from mdistill.stages.tune import (
     tune_config,
 )
 from mdistill.storage import check_shared
+from mdistill.tracking import RunTracker
+from mdistill.tracking.tune import trial_callbacks
 from mdistill.training.loop import train_loop_per_worker
 from mdistill.tune_space import derive_max_concurrent_trials, dev_every, search_space, shape_key, student_shapes, trial_config
 
@@ -61,9 +63,15 @@ def tune_run(cfg: RunConfig) -> RunReport:
         raise ValueError("mdistill tune trains embedding students only (teacher.kind: embedding)")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    init_ray(cfg.ray)
-    check_shared({"cache_dir": cfg.cache_path, "output_dir": out})  # several nodes: every one must see both
     base = cfg.model_dump(mode="json")
+    storage = out / "tune"
+    experiment = storage / cfg.name
+    fresh_or_restore(experiment, base)  # an interrupted search with the same settings resumes
+    restoring = tune.Tuner.can_restore(str(experiment))
+    # tracking: the search's MLflow run (a restored search continues its own: its trials' callbacks name it)
+    tracker = RunTracker(cfg, timings, recipe="tune", run_file=storage / f"{cfg.name}.mlflow_run", resume=restoring)
+    init_ray(cfg.ray)
+    check_shared({"cache_dir": cfg.cache_path, "output_dir": out} | cfg.tracking.shared_folders())  # several nodes: every one must see them
 
     # 1-2. Corpus, selection and teacher vectors, once for every trial.
     with timings.stage("corpus"):
@@ -105,10 +113,7 @@ def tune_run(cfg: RunConfig) -> RunReport:
         tune.with_parameters(distill_trial, base=base, shapes=shapes, metric=tc.metric, reports=tc.reports, concurrent=concurrent),
         TRIAL_RESOURCES,
     )
-    storage = out / "tune"
-    experiment = storage / cfg.name
-    fresh_or_restore(experiment, base)
-    if tune.Tuner.can_restore(str(experiment)):
+    if restoring:
         log.info("resuming %s (finished trials are kept)", experiment)
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     else:
@@ -116,7 +121,7 @@ def tune_run(cfg: RunConfig) -> RunReport:
             trainable,
             param_space=search_space(tc),
             tune_config=tune_config(cfg, concurrent, max_t),
-            run_config=tune.RunConfig(name=cfg.name, storage_path=str(storage)),
+            run_config=tune.RunConfig(name=cfg.name, storage_path=str(storage), callbacks=trial_callbacks(tracker)),  # trials: child runs
         )
     with timings.stage("tune"):
         grid = tuner.fit()
@@ -157,6 +162,7 @@ def tune_run(cfg: RunConfig) -> RunReport:
         tune=tune_report,
     )
     write_report(out, report)
+    tracker.finish(report)
     print(results_markdown(tune_report), flush=True)
     return report
 

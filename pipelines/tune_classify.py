@@ -40,6 +40,8 @@ from mdistill.stages.tune import (
     tune_config,
 )
 from mdistill.storage import check_shared
+from mdistill.tracking import RunTracker
+from mdistill.tracking.tune import trial_callbacks
 from mdistill.training.classify_loop import classify_loop_per_worker
 from mdistill.tune_space import derive_max_concurrent_trials, dev_every, search_space, trial_config
 
@@ -50,9 +52,14 @@ def tune_classify(cfg: RunConfig) -> RunReport:
     t_start, timings, out, tc = time.time(), Timings(), cfg.output_path, cfg.tune
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    init_ray(cfg.ray)
-    check_shared({"cache_dir": cfg.cache_path, "output_dir": out})
     base, c = cfg.model_dump(mode="json"), cfg.classify
+    experiment = out / "tune" / cfg.name
+    fresh_or_restore(experiment, base)  # an interrupted search with the same settings resumes
+    restoring = tune.Tuner.can_restore(str(experiment))
+    # tracking: the search's MLflow run (a restored search continues its own: its trials' callbacks name it)
+    tracker = RunTracker(cfg, timings, recipe="tune", run_file=experiment.parent / f"{cfg.name}.mlflow_run", resume=restoring)
+    init_ray(cfg.ray)
+    check_shared({"cache_dir": cfg.cache_path, "output_dir": out} | cfg.tracking.shared_folders())
 
     # 1-3. Task, teacher and its logits, once for every trial.
     with timings.stage("corpus"):
@@ -127,16 +134,16 @@ def tune_classify(cfg: RunConfig) -> RunReport:
         ),  # fmt: skip
         TRIAL_RESOURCES,
     )
-    experiment = out / "tune" / cfg.name
-    fresh_or_restore(experiment, base)
-    if tune.Tuner.can_restore(str(experiment)):
+    if restoring:
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(tc),
             tune_config=tune_config(cfg, concurrent, max_t),
-            run_config=tune.RunConfig(name=cfg.name, storage_path=str(out / "tune")),
+            run_config=tune.RunConfig(
+                name=cfg.name, storage_path=str(out / "tune"), callbacks=trial_callbacks(tracker)
+            ),  # trials: child runs
         )
     with timings.stage("tune"):
         grid = tuner.fit()
@@ -168,6 +175,7 @@ def tune_classify(cfg: RunConfig) -> RunReport:
         tune=tune_report,
     )
     write_report(out, report)
+    tracker.finish(report)
     print(results_markdown(tune_report), flush=True)
     return report
 

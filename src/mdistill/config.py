@@ -639,6 +639,9 @@ class MlflowTracking(_Strict):
     artifact_location: str | None = Field(
         None, description="Where a new experiment keeps artifacts; null: mlartifacts/ beside a SQLite store, else the server's default."
     )
+    log_model: bool = Field(
+        True, description="Copy each exported model into its run's artifacts (multilingual-e5-small: ~470 MB); false: its path as a tag."
+    )
 
     @field_validator("tracking_uri")
     @classmethod
@@ -680,6 +683,15 @@ class TrackingConfig(_Strict):
     @classmethod
     def _switch(cls, v):
         return {} if v is True else (None if v is False else v)  # tracking.mlflow=true on the command line
+
+    def shared_folders(self) -> dict[str, Path]:
+        """The local folders Ray workers write to (per-step metrics): on several nodes every node must mount them."""
+        out = {}
+        if self.mlflow is not None and self.mlflow.local_store() is not None:
+            out["tracking.mlflow.tracking_uri"] = self.mlflow.local_store()
+        if self.tensorboard is not None and self.tensorboard.log_dir is not None:
+            out["tracking.tensorboard.log_dir"] = Path(self.tensorboard.log_dir).expanduser().resolve()
+        return out
 
 
 class RunConfig(_Strict):

@@ -33,22 +33,29 @@ __all__ = [
 class Timings(dict):
     """Seconds per stage, in order, logged as each one starts and ends; ``peak_rss_mb`` holds the
     driver's peak resident memory at the end of each stage (the first stage that raises it is
-    where the driver holds something)."""
+    where the driver holds something). ``listeners`` are called as each stage ends, with its name,
+    seconds and the exception it raised, if any (the experiment trackers)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.peak_rss_mb: dict[str, float] = {}
+        self.listeners: list[Callable[[str, float, BaseException | None], None]] = []
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        t0 = time.time()
+        t0, error = time.time(), None
         log.info("stage %s ...", name)
         try:
             yield
+        except BaseException as e:
+            error = e
+            raise
         finally:
             self[name] = round(time.time() - t0, 2)
             self.peak_rss_mb[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
             log.info("stage %s done in %.1fs (driver peak RSS %.0f MB)", name, self[name], self.peak_rss_mb[name])
+            for listener in self.listeners:
+                listener(name, self[name], error)
 
 
 def _plots(out_dir: Path, jobs: list[tuple[str, Callable[[Path], Path]]]) -> dict[str, Path]:

@@ -143,7 +143,7 @@ def _labels(cfg: RunConfig) -> list[str]:
 def fresh_or_resume(run_path: Path, loop: ClassifyLoopConfig, data_fingerprint: str) -> None:
     """Keep a stopped run's checkpoints only if training would be the same (loop settings but
     threads, the rows' content); else start afresh."""
-    identity = loop.model_dump(exclude={"threads": True, "train": {"resume", "max_failures"}})
+    identity = loop.model_dump(exclude={"threads": True, "tracking": True, "train": {"resume", "max_failures"}})
     wanted = json.dumps({"loop": identity, "data": data_fingerprint}, sort_keys=True, default=str)
     stamp = run_path / SETTINGS_FILE
     if run_path.exists() and (not loop.train.resume or not stamp.exists() or stamp.read_text() != wanted):

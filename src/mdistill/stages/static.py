@@ -164,7 +164,7 @@ def fresh_or_resume(run_path: Path, loop, teacher_fingerprint: str) -> None:
     for f in sorted(Path(loop.init_path).glob("*.safetensors")):
         digest.update(f.read_bytes())
     wanted = json.dumps(
-        {"loop": loop.model_dump(mode="json", exclude={"threads"}), "init": digest.hexdigest(), "teacher": teacher_fingerprint},
+        {"loop": loop.model_dump(mode="json", exclude={"threads", "tracking"}), "init": digest.hexdigest(), "teacher": teacher_fingerprint},
         sort_keys=True,
     )
     stamp = run_path / SETTINGS_FILE

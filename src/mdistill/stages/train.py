@@ -26,6 +26,7 @@ from mdistill.config import TrainConfig
 from mdistill.report.schema import TrainLogs
 from mdistill.resources import train_worker_resources
 from mdistill.stages.student import Student, TrainingSet
+from mdistill.tracking.spec import WorkerTracking
 from mdistill.training import checkpoint as ckpt
 from mdistill.training.loop import LoopConfig
 
@@ -42,7 +43,16 @@ def save_head(storage: Path, name: str, head: torch.nn.Linear | None) -> str | N
     return str(path)
 
 
-def loop_config(student: Student, ts: TrainingSet, train: TrainConfig, *, seed: int, head_path: str | None, threads: int) -> LoopConfig:
+def loop_config(
+    student: Student,
+    ts: TrainingSet,
+    train: TrainConfig,
+    *,
+    seed: int,
+    head_path: str | None,
+    threads: int,
+    tracking: WorkerTracking | None = None,
+) -> LoopConfig:
     return LoopConfig(
         student_path=student.path,
         train_layers=student.config.train_layers,
@@ -56,6 +66,7 @@ def loop_config(student: Student, ts: TrainingSet, train: TrainConfig, *, seed: 
         threads=threads,
         seed=seed,
         train=train,
+        tracking=tracking,
     )
 
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from mdistill.config import TrainConfig
 from mdistill.log import get_logger
 from mdistill.report.schema import EpochRecord, StepRecord, TrainLogs
+from mdistill.tracking.spec import WorkerTracking
 from mdistill.training import checkpoint as ckpt
 
 log = get_logger("train")
@@ -64,6 +65,7 @@ class ClassifyLoopConfig(BaseModel):
     threads: int
     seed: int
     train: TrainConfig
+    tracking: WorkerTracking | None = None  # the run's experiment trackers: rank 0 logs each step's metrics there
 
 
 def classify_loop_per_worker(config: dict) -> None:
@@ -102,9 +104,11 @@ class ClassifyLoop:
     def setup(self) -> None:
         import ray.train.torch
 
+        from mdistill.tracking.worker import StepLogger
         from mdistill.training.step import TextFeatures, steps_per_epoch
 
         cfg, t = self.cfg, self.t
+        self.tracker = StepLogger(cfg.tracking, self.rank)
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.device = ray.train.torch.get_device()
@@ -193,6 +197,7 @@ class ClassifyLoop:
                 recent = losses[-t.log_every :]
                 lr = self.scheduler.get_last_lr()[0]
                 self.logs.steps.append(StepRecord(step=self.micro, epoch=epoch + 1, loss=sum(recent) / len(recent), lr=lr))
+                self.tracker.log({"loss": self.logs.steps[-1].loss, "lr": lr}, self.micro)
                 if self.rank == 0:
                     rate = seen * self.world / max(1e-9, time.time() - t0)
                     log.info(
@@ -216,6 +221,7 @@ class ClassifyLoop:
             samples_per_s=seen * self.world / max(1e-9, elapsed), first_batch_s=0.0, loss_fn=cfg.mode,
         )  # fmt: skip
         self.logs.history.append(rec)
+        self.tracker.log({"epoch": epoch + 1, "samples_per_s": rec.samples_per_s}, self.micro)
         self.save_and_report(rec.model_dump() | self.dev_metrics(), final=self.micro >= self.total_micro)
 
     # -- save and report ------------------------------------------------------------------------
@@ -236,7 +242,9 @@ class ClassifyLoop:
         )
         m = ClassificationEvaluator.compute(logits, self._dev.column("label_id").to_numpy())
         self.logs.dev_accuracy.append((self.micro, m["accuracy"]))
-        return {"dev_accuracy": m["accuracy"], "dev_macro_f1": m["macro_f1"]}
+        out = {"dev_accuracy": m["accuracy"], "dev_macro_f1": m["macro_f1"]}
+        self.tracker.log(out, self.micro)
+        return out
 
     def eval_logits(self) -> pa.Table | None:
         from mdistill.training.classify_step import predict_logits

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from mdistill.config import TrainConfig
 from mdistill.log import get_logger
 from mdistill.report.schema import DevRecord, EpochRecord, StepRecord, TrainLogs
+from mdistill.tracking.spec import WorkerTracking
 from mdistill.training import checkpoint as ckpt
 
 log = get_logger("train")
@@ -68,6 +69,7 @@ class LoopConfig(BaseModel):
     seed: int
     train: TrainConfig
     intermediate: IntermediateSpec | None = None  # full fine-tune only
+    tracking: WorkerTracking | None = None  # the run's experiment trackers: rank 0 logs each step's metrics there
 
     @property
     def full_finetune(self) -> bool:
@@ -75,7 +77,7 @@ class LoopConfig(BaseModel):
 
     def resume_identity(self) -> dict:
         """What must match for a re-run to continue this run's checkpoints (threads do not change results)."""
-        return self.model_dump(exclude={"threads": True, "train": {"resume", "max_failures"}})
+        return self.model_dump(exclude={"threads": True, "tracking": True, "train": {"resume", "max_failures"}})
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -100,9 +102,11 @@ class DistillLoop:
         from mdistill.encode import load_sentence_transformer
         from mdistill.losses import embedding_loss
         from mdistill.models.split import FullStudent, TopStudent
+        from mdistill.tracking.worker import StepLogger
         from mdistill.training.step import StateFeatures, TextFeatures, deepspeed_config, make_optimizer, steps_per_epoch
 
         cfg, t = self.cfg, self.t
+        self.tracker = StepLogger(cfg.tracking, self.rank)
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.device = ray.train.torch.get_device()
@@ -247,6 +251,7 @@ class DistillLoop:
                 recent = losses[-t.log_every * t.grad_accum :]
                 lr = self.scheduler.get_last_lr()[0]
                 self.logs.steps.append(StepRecord(step=step, epoch=epoch + 1, loss=sum(recent) / len(recent), lr=lr))
+                self.tracker.log({"loss": self.logs.steps[-1].loss, "lr": lr}, step)
                 if self.rank == 0:
                     rate = seen * self.world / max(1e-9, time.time() - t0)
                     log.info(
@@ -267,6 +272,7 @@ class DistillLoop:
                     )
                 )  # fmt: skip
                 metrics.update(dm)
+                self.tracker.log(dm, step)
             if epoch_end:
                 rec = EpochRecord(
                     epoch=epoch + 1, step=step, loss=metrics["loss"], elapsed_s=metrics["elapsed_s"],
@@ -275,6 +281,7 @@ class DistillLoop:
                 )  # fmt: skip
                 self.logs.history.append(rec)
                 metrics["samples_per_s"] = rec.samples_per_s
+                self.tracker.log({"epoch": epoch + 1, "samples_per_s": rec.samples_per_s}, step)
             if ckpt_due or self.micro == self.total_micro:
                 self.save_and_report(metrics, final=self.micro == self.total_micro)
             elif dev_due:

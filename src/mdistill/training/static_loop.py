@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from mdistill.config import TrainConfig
 from mdistill.log import get_logger
 from mdistill.report.schema import EpochRecord, StepRecord, TrainLogs
+from mdistill.tracking.spec import WorkerTracking
 from mdistill.training import checkpoint as ckpt
 
 log = get_logger("train")
@@ -37,6 +38,7 @@ class StaticLoopConfig(BaseModel):
     threads: int
     seed: int
     train: TrainConfig
+    tracking: WorkerTracking | None = None  # the run's experiment trackers: rank 0 logs each step's metrics there
 
 
 def static_loop_per_worker(config: dict) -> None:
@@ -57,9 +59,11 @@ class StaticLoop:
         from model2vec import StaticModel
 
         from mdistill.losses import embedding_loss
+        from mdistill.tracking.worker import StepLogger
         from mdistill.training import static_step
 
         cfg, t = self.cfg, self.t
+        self.tracker = StepLogger(cfg.tracking, self.rank)
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.loss_fn = embedding_loss(t.loss, contrastive_weight=t.contrastive_weight, contrastive_temperature=t.contrastive_temperature)
@@ -124,6 +128,7 @@ class StaticLoop:
                 self.logs.steps.append(
                     StepRecord(step=self.micro, epoch=epoch + 1, loss=sum(recent) / len(recent), lr=self.scheduler.get_last_lr()[0])
                 )
+                self.tracker.log({"loss": self.logs.steps[-1].loss, "lr": self.logs.steps[-1].lr}, self.micro)
                 if self.rank == 0:
                     log.info(
                         "static epoch %d/%d step %d/%d loss %.5f", epoch + 1, t.epochs, self.micro, self.total, self.logs.steps[-1].loss
@@ -138,6 +143,7 @@ class StaticLoop:
             samples_per_s=seen * self.world / max(1e-9, elapsed), first_batch_s=0.0, loss_fn=type(self.loss_fn).__name__,
         )  # fmt: skip
         self.logs.history.append(rec)
+        self.tracker.log({"epoch": epoch + 1, "samples_per_s": rec.samples_per_s}, self.micro)
         self.save_and_report(rec.model_dump(), final=self.micro >= self.total)
 
     def save_and_report(self, metrics: dict, final: bool) -> None:

@@ -80,6 +80,7 @@ def test_tune_two_trials_killed_then_resumed(tmp_path, tiny_models, pairs, kill_
         # one trial at a time, so that the first is finished while the second runs
         "tune={num_samples: 2, reports: 2, max_concurrent_trials: 1, scheduler: {asha: {grace_period: 1, max_t: 2}},"
         " space: {train.lr: {loguniform: [1.0e-4, 1.0e-2]}, train.loss: {choice: [mse, cosine]}, student.train_layers: {choice: [1, 2]}}}",
+        f"tracking.mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
     ]
     experiment = out / "tune" / "tiny-tune"
 
@@ -140,3 +141,19 @@ def test_tune_two_trials_killed_then_resumed(tmp_path, tiny_models, pairs, kill_
         "train_layers-2.head_init.safetensors",
     ]
     assert set(tune["shapes"]) == {"train_layers-1", "train_layers-2"}
+
+    # 4. MLflow: the search is one run, continued by the resumed driver; every trial is a child run of it
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["tiny-tune"])
+    searches = runs[runs["tags.mdistill.recipe"] == "tune"]
+    assert len(searches) == 1
+    parent = searches.iloc[0]
+    assert parent["status"] == "FINISHED" and parent["metrics.tune/best"] == pytest.approx(tune["best"]["best"])
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]
+    assert set(children["tags.trial_name"]) >= {f"distill_trial_{t['trial_id']}" for t in tune["trials"]}
+    finished = children[children["status"] == "FINISHED"]
+    assert len(finished) == 2 and finished["params.train.lr"].notna().all()  # the sampled values as params
+    for run_id in finished["run_id"]:
+        assert mlflow.MlflowClient().get_metric_history(run_id, "dev_pooled_teacher_space_top1")  # one per Tune iteration

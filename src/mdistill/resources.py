@@ -1,6 +1,6 @@
 """Sizing of actor pools and trainers from the cluster's resources, node by node.
 
-Measured on 2 CPUs (see README, "Sizing"): two inference actors at 1 CPU each leave no CPU for
+Measured on 2 CPUs (see docs/cluster.md, "Sizing on small machines"): two inference actors at 1 CPU each leave no CPU for
 the Ray Data read tasks and hang; Ray Train workers that hold every CPU starve the data tasks.
 On several nodes an actor or a worker must also fit on ONE node: a plan sized from the cluster's
 total (3 nodes of 1 CPU = "3 CPUs") asks for actors no node can host, and waits forever.

@@ -68,6 +68,6 @@ def check_shared(folders: dict[str, Path]) -> int:
             raise NodeLocalPathError(
                 f"{key}={folder} is not visible from {len(blind)} of {len(nodes)} Ray nodes: {', '.join(blind)}. "
                 f"A run on several nodes needs {key} on a filesystem every node mounts at the same path "
-                "(NFS, EFS, Lustre, a bucket through FUSE); see README, 'Cluster'."
+                "(NFS, EFS, Lustre, a bucket through FUSE); see docs/cluster.md, 'Several nodes'."
             )
     return len(nodes)

@@ -81,7 +81,7 @@ def scaling(train: TrainConfig, concurrent: int = 1) -> tuple[ray.train.ScalingC
 
 
 # OpenMP threads that wait sleep instead of spinning: several trainers on few cores (the classify
-# recipe's five at once) otherwise burn the CPU a busy neighbour needs (README: Classifier transfer).
+# recipe's five at once) otherwise burn the CPU a busy neighbour needs (docs/recipes/classify.md).
 SHARED_CPU_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 

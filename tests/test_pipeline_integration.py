@@ -99,7 +99,14 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
 
     # warm re-run with another loss, stopped after 10 steps (the caches do not depend on either):
     # no teacher or student-state forward pass for cached sentences, the same training set
-    again = run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"loss": "cosine", "max_steps": 10})}))
+    # tracked in MLflow this time: two students, so each is a child run of the run
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracked = load_config("configs/default.yaml", [*overrides, f"tracking.mlflow.tracking_uri={uri}"]).tracking
+    again = run(
+        cfg.model_copy(
+            update={"train": cfg.train.model_copy(update={"loss": "cosine", "max_steps": 10, "log_every": 5}), "tracking": tracked}
+        )
+    )
     assert again.students["full"].logs.history[-1].loss_fn == "CosineLoss"
     assert [h.step for h in again.students["full"].logs.history] == [10]  # a partial epoch, recorded
     assert report.students["full"].logs.history[-1].loss_fn == "TeacherContrastiveLoss"  # the default: mse+contrastive
@@ -111,3 +118,27 @@ def test_run_end_to_end_then_warm(tmp_path, tiny_models, pairs, ray_shared):
     np.testing.assert_allclose(
         again.metrics["de"].models["teacher"].teacher_space_top1, report.metrics["de"].models["teacher"].teacher_space_top1
     )
+
+    # the MLflow run holds the whole table; each student's child run its steps, its own rows and its model
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["default"])
+    parent = runs[runs["tags.mlflow.parentRunId"].isna()]
+    assert len(parent) == 1 and parent.iloc[0]["status"] == "FINISHED"
+    assert parent.iloc[0]["metrics.dev/de/pruned/teacher_space_top1"] == pytest.approx(
+        again.metrics["de"].models["pruned"].teacher_space_top1
+    )
+    children = runs[runs["tags.mlflow.parentRunId"] == parent.iloc[0]["run_id"]].set_index("tags.mlflow.runName")
+    assert set(children.index) == {"full", "pruned"} and set(children["status"]) == {"FINISHED"}
+    client = mlflow.MlflowClient()
+    for name in ("full", "pruned"):
+        child = children.loc[name]
+        assert child["params.train.strategy"] == ("deepspeed" if name == "pruned" else "ddp")
+        assert (
+            [m.step for m in client.get_metric_history(child["run_id"], "loss")]
+            == [s.step for s in again.students[name].logs.steps]
+            == [5, 10]
+        )
+        assert child["metrics.dev/fr/teacher_space_top1"] == pytest.approx(again.metrics["fr"].models[name].teacher_space_top1)
+        assert "model/modules.json" in {a.path for a in client.list_artifacts(child["run_id"], "model")}

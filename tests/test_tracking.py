@@ -135,3 +135,25 @@ def test_tiny_run_is_tracked_in_mlflow_and_tensorboard(tmp_path, tiny_models, pa
     )
     assert "config/text_summary" in tags["tensors"] and "report/text_summary" in tags["tensors"]
     show(f"{len(logs.steps)} loss steps, {len(logs.dev)} dev evaluations, {len(tags['scalars'])} summary scalars; run {run_id}")
+
+
+def test_a_tracked_rerun_resumes_the_same_checkpoints(tmp_path):
+    """The trackers are not part of what a stopped run's checkpoints depend on: switching tracking on
+    (a new MLflow run id each time) must not make a re-run start afresh."""
+    from mdistill.config import TrainConfig
+    from mdistill.stages import static
+    from mdistill.tracking import WorkerTracking
+    from mdistill.training.loop import LoopConfig
+    from mdistill.training.static_loop import StaticLoopConfig
+
+    tracking = WorkerTracking(mlflow_uri="sqlite:////x/mlflow.db", experiment_id="1", run_id="abc", tensorboard_dir="/x/tb")
+    common = dict(train_rows=10, threads=1, seed=0, train=TrainConfig())
+    loop = LoopConfig(student_path="s", train_layers=1, dropout=0.0, prompt="", max_seq_length=8, head_path=None, dev_dir=None, **common)
+    assert loop.resume_identity() == loop.model_copy(update={"tracking": tracking}).resume_identity()
+    init = tmp_path / "init"
+    init.mkdir()
+    stamps = []
+    for t in (None, tracking):
+        static.fresh_or_resume(tmp_path / "run", StaticLoopConfig(init_path=str(init), tracking=t, **common), "teacher")
+        stamps.append((tmp_path / "run" / static.SETTINGS_FILE).read_text())
+    assert stamps[0] == stamps[1]

@@ -7,9 +7,14 @@ input order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 import torch
+
+from mdistill.log import get_logger
+
+log = get_logger("encode")
 
 
 def load_sentence_transformer(path_or_id: str, device: str | None = None, max_seq_length: int | None = None):
@@ -61,6 +66,20 @@ def token_length_order(model, texts: Sequence[str]) -> np.ndarray:
         return length_order(texts)
     ids = tok(list(texts), truncation=True, max_length=model.max_seq_length, add_special_tokens=True)["input_ids"]
     return np.argsort([len(x) for x in ids], kind="stable")
+
+
+def bf16_autocast(device: torch.device | str, cpu_bf16: bool = False):
+    """The autocast context of a forward or training step: bf16 on GPU; on CPU only when asked
+    (``train.cpu_bf16``) and the CPU computes bf16 natively (AVX512-BF16 / AMX, oneDNN's check),
+    else float32 with a warning: emulated bf16 is slower than float32."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if cpu_bf16 and kind == "cpu":
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        log.warning("train.cpu_bf16: this CPU has no native bf16; running float32")
+    return nullcontext()
 
 
 @torch.inference_mode()

@@ -11,13 +11,14 @@ so ``SentenceTransformer(exported).encode`` equals ``TopStudent(bottom_states(..
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from mdistill.encode import token_length_order
+from mdistill.encode import bf16_autocast, token_length_order
 
 
 def _bert(st_model):
@@ -43,29 +44,33 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def bottom_states(st_model, texts: Sequence[str], frozen_layers: int, *, prompt: str, batch_size: int = 64):
+def bottom_states(
+    st_model, texts: Sequence[str], frozen_layers: int, *, prompt: str, batch_size: int = 64, pooled: bool = True, cpu_bf16: bool = False
+):
     """Per text: hidden states after ``frozen_layers`` layers (float16, [tokens, hidden]) and the
     frozen student's mean-pooled output before any head or normalisation (float32, what a Dense
-    head on top sees), computed in one forward pass."""
+    head on top sees), computed in one forward pass; ``pooled=False``: the states alone (the top
+    layers do not run) and ``None``. ``cpu_bf16``: on a CPU with native bf16, the forward runs
+    under bf16 autocast (``encode.bf16_autocast``); the states are stored float16 either way."""
     bert = _bert(st_model)
     layers = encoder_layers(bert)
     states: list[np.ndarray | None] = [None] * len(texts)
-    emb = np.empty((len(texts), bert.config.hidden_size), dtype=np.float32)
+    emb = np.empty((len(texts), bert.config.hidden_size) if pooled else (0, 0), dtype=np.float32)
     order = token_length_order(st_model, [prompt + t for t in texts])
     for start in range(0, len(texts), batch_size):
         idx = order[start : start + batch_size]
         f = st_model.preprocess([prompt + texts[i] for i in idx])
         ids, mask = f["input_ids"].to(bert.device), f["attention_mask"].to(bert.device)
-        h = bert.embeddings(input_ids=ids, token_type_ids=f.get("token_type_ids"))
-        h = run_layers(bert, h, mask, layers[:frozen_layers])
-        top = run_layers(bert, h, mask, layers[frozen_layers:])
-        e = mean_pool(top, mask)
+        with bf16_autocast(bert.device, cpu_bf16) if cpu_bf16 and bert.device.type == "cpu" else nullcontext():
+            h = bert.embeddings(input_ids=ids, token_type_ids=f.get("token_type_ids"))
+            h = run_layers(bert, h, mask, layers[:frozen_layers])
+            if pooled:
+                emb[idx] = mean_pool(run_layers(bert, h, mask, layers[frozen_layers:]), mask).float().cpu().numpy()
         lengths = mask.sum(1).tolist()
         h16 = h.to(torch.float16).cpu().numpy()
         for j, i in enumerate(idx):
             states[i] = h16[j, : lengths[j]]
-        emb[idx] = e.float().cpu().numpy()
-    return states, emb
+    return states, (emb if pooled else None)
 
 
 def pad_states(states: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

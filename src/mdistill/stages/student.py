@@ -96,16 +96,41 @@ def build(name: str, cfg: StudentConfig, cache_dir: Path, data: Selection, *, ba
         return corpus_token_ids(data.student_texts(), model_dir, prompt)
 
     built = build_student(cfg, cache_dir, used_ids=used_ids, corpus_key=data.fingerprint)
-    path = built["path"]
+    return open_states(name, cfg, built["path"], cache_dir, steps=built["steps"], batch_size=batch_size)
+
+
+def open_states(
+    name: str,
+    cfg: StudentConfig,
+    path: str,
+    cache_dir: Path,
+    *,
+    steps: list[dict],
+    batch_size: int,
+    pooled: bool = True,
+    cpu_bf16: bool = False,
+) -> Student:
+    """The frozen-pass cache of a built student at ``path``: per text, its hidden states after the
+    frozen layers (all but ``cfg.train_layers``) and, with ``pooled``, its untrained pooled output
+    (the baselines' input: the pass then runs the top layers too), keyed by the model's files and
+    these settings (``cpu_bf16``: computed under bf16 autocast where the CPU has native bf16:
+    other states, another cache)."""
     prompt = default_prompt_of(path) if cfg.prompt is None else cfg.prompt
     layers = num_layers(path)
     if not cfg.full_finetune and not 1 <= int(cfg.train_layers) <= layers:
         raise ValueError(f"{name}: student.train_layers={cfg.train_layers} but the student has {layers} layers (or use train_layers: all)")
     frozen = layers if cfg.full_finetune else layers - int(cfg.train_layers)
     role = "student-pooled" if cfg.full_finetune else "student-bottom"
-    fp = model_fingerprint(path, role=role, frozen_layers=frozen, max_seq_length=cfg.max_seq_length, prompt=prompt)
+    settings = dict(
+        frozen_layers=frozen,
+        max_seq_length=cfg.max_seq_length,
+        prompt=prompt,
+        **({} if pooled else {"pooled": False}),
+        **({"cpu_bf16": True} if cpu_bf16 else {}),
+    )
+    fp = model_fingerprint(path, role=role, **settings)
     cache = EmbeddingCache(cache_dir / "student_states", fp)
-    cache.write_meta(model=path, kind=role, frozen_layers=frozen, max_seq_length=cfg.max_seq_length, prompt=prompt)
+    cache.write_meta(model=path, kind=role, **settings)
     kwargs = dict(
         model=path,
         frozen_layers=frozen,
@@ -113,8 +138,10 @@ def build(name: str, cfg: StudentConfig, cache_dir: Path, data: Selection, *, ba
         batch_size=batch_size,
         prompt=prompt,
         keep_states=not cfg.full_finetune,
+        **({} if pooled else {"pooled": False}),
+        **({"cpu_bf16": True} if cpu_bf16 else {}),
     )
-    return Student(name, cfg, path, built["steps"], prompt, layers, cache, kwargs, batch_rows=512)
+    return Student(name, cfg, path, steps, prompt, layers, cache, kwargs, batch_rows=512)
 
 
 # -- the training set -----------------------------------------------------------------------------

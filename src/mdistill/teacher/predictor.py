@@ -83,9 +83,10 @@ class LogitsPredictor:
 
 class BottomStatesPredictor:
     """The untrained student's mean-pooled output (``pooled``: what the linear-map baseline and the
-    Dense head see) and, with ``keep_states``, its hidden states after ``frozen_layers`` layers
-    (``hidden``: float16 bytes, ``length``, ``dim``: what the top layers train on), keyed by text
-    hash like the teacher cache. A full fine-tune keeps no states: it trains from text."""
+    Dense head see; ``pooled=False``: not computed, the top layers never run) and, with
+    ``keep_states``, its hidden states after ``frozen_layers`` layers (``hidden``: float16 bytes,
+    ``length``, ``dim``: what the top layers train on), keyed by text hash like the teacher cache.
+    A full fine-tune keeps no states: it trains from text. ``cpu_bf16``: ``models.split.bottom_states``'."""
 
     def __init__(
         self,
@@ -96,18 +97,34 @@ class BottomStatesPredictor:
         prompt: str,
         keep_states: bool = True,
         threads: int | None = None,
+        pooled: bool = True,
+        cpu_bf16: bool = False,
     ):
         _threads(threads)
         self.node = _node_id()
         self.model = load_sentence_transformer(model, max_seq_length=max_seq_length)
         self.frozen_layers, self.batch_size, self.prompt, self.keep_states = frozen_layers, batch_size, prompt, keep_states
+        self.pooled, self.cpu_bf16 = pooled, cpu_bf16
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from mdistill.models.split import bottom_states
 
         texts = batch.column("text").to_pylist()
-        states, pooled = bottom_states(self.model, texts, self.frozen_layers, prompt=self.prompt, batch_size=self.batch_size)
-        out = embeddings_table(_keys(batch, texts), pooled).rename_columns(["key", "pooled"])
+        states, pooled = bottom_states(
+            self.model,
+            texts,
+            self.frozen_layers,
+            prompt=self.prompt,
+            batch_size=self.batch_size,
+            pooled=self.pooled,
+            cpu_bf16=self.cpu_bf16,
+        )
+        keys = _keys(batch, texts)
+        out = (
+            embeddings_table(keys, pooled).rename_columns(["key", "pooled"])
+            if self.pooled
+            else pa.table({"key": pa.array(keys, pa.string())})
+        )
         if self.keep_states:
             out = (
                 out.append_column("hidden", pa.array([s.tobytes() for s in states], pa.binary()))

@@ -4,6 +4,7 @@ BERT and real LibreOffice help paragraphs labelled by ``tasks.help_topics``; the
 
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
@@ -16,14 +17,16 @@ from mdistill.tasks import help_topics
 from mdistill.training.classify_step import (
     IGNORE,
     ClassifierStudent,
+    ClassifyBatch,
     classification_loss,
     classify_batches,
     classify_train_step,
     make_batch,
     make_classifier_optimizer,
     predict_logits,
+    predict_state_logits,
 )
-from mdistill.training.step import TextFeatures
+from mdistill.training.step import StateFeatures, TextFeatures
 
 from conftest import fixture_pairs, make_tiny_model
 
@@ -266,13 +269,55 @@ def test_classify_batches_cover_every_row_once(tiny):
     )
     feats = TextFeatures(tiny["tokenizer"], "", 64)
     seen = []
-    for b in classify_batches([chunk], 16, random.Random(0), feats, teacher_features=feats):
+    for b in classify_batches([chunk], 16, random.Random(0), feats):
         rows = b.teacher_logits[:, 0].long() // len(LABELS)  # the row each teacher-logit row came from
         want_y = [IGNORE if tiny["label_ids"][i] is None else tiny["label_ids"][i] for i in rows.tolist()]
-        assert b.labels.tolist() == want_y
-        assert b.input_ids.shape[0] == b.teacher_input_ids.shape[0] == len(rows)
+        assert b.labels.tolist() == want_y and b.teacher_index is None
+        assert b.inputs.shape[0] == len(rows)
         seen += rows.tolist()
     assert sorted(seen) == list(range(n))
+
+
+def test_a_live_teacher_runs_once_per_english_source_in_a_batch(tiny):
+    """Online batches group a source with its translations: the teacher's input holds each distinct
+    English once, ``teacher_index`` gives every row its own source, and the online step's losses
+    are those of the same batch with one teacher input per row."""
+    from transformers import AutoModelForSequenceClassification
+
+    n = 24
+    rows = {"text": tiny["en"][:n] * 2, "en": tiny["en"][:n] * 2}  # two rows per source; a row's text is its source: checkable
+    rows["label_id"] = pa.array(tiny["label_ids"][:n] * 2, pa.int64())
+    chunk = pa.table(rows)
+    feats = TextFeatures(tiny["tokenizer"], "", 64)
+    source_ids = {tuple(x.tolist()) for x in feats(pa.table({"text": tiny["en"][:n]}))}
+    seen, shared, rows_seen = [], 0, 0
+    for b in classify_batches([chunk], 8, random.Random(0), feats, logits_column=None, teacher_features=feats):
+        distinct = b.teacher_input_ids.shape[0]
+        shared += len(b.labels) - distinct
+        rows_seen += len(b.labels)
+        assert b.teacher_index.shape == b.labels.shape and sorted(set(b.teacher_index.tolist())) == list(range(distinct))
+        for k in range(distinct):  # each teacher input is an English source, once
+            assert tuple(b.teacher_input_ids[k][b.teacher_attention_mask[k] == 1].tolist()) in source_ids
+        for r, k in enumerate(b.teacher_index.tolist()):  # and every row points to its own source
+            assert torch.equal(b.inputs[r][b.attention_mask[r] == 1], b.teacher_input_ids[k][b.teacher_attention_mask[k] == 1])
+        seen.append(b)
+    assert rows_seen == 2 * n and shared >= n // 2  # every row once; most sources share a batch with their second row
+
+    torch.manual_seed(1)
+    teacher = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny["path"]), num_labels=len(LABELS), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    ).train()
+    b = seen[0]
+    ids, mask = b.teacher_input_ids[b.teacher_index], b.teacher_attention_mask[b.teacher_index]
+    once = ClassifyBatch(b.inputs, b.attention_mask, b.labels, None, ids, mask)  # one teacher input per row
+    losses = []
+    for batch in (b, once):
+        s, t = _student(tiny, seed=0), copy.deepcopy(teacher)
+        opt, sched = _opt(s)
+        t_opt, t_sched = _opt(t)
+        losses.append(classify_train_step(s, opt, sched, batch, "online", 2.0, 0.5, t, t_opt, teacher_scheduler=t_sched))
+    assert losses[0]["loss"] == pytest.approx(losses[1]["loss"], rel=1e-5)
+    assert losses[0]["teacher_loss"] == pytest.approx(losses[1]["teacher_loss"], rel=1e-5)
 
 
 def test_export_round_trip_with_auto_model_and_pipeline(tiny, tmp_path):
@@ -301,3 +346,61 @@ def test_export_round_trip_with_auto_model_and_pipeline(tiny, tmp_path):
     clf = pipeline("text-classification", model=str(out), device="cpu")
     pred = clf("Die Funktion berechnet den Mittelwert der Zellen in einer Tabelle.")[0]
     assert pred["label"] in LABELS and 0 < pred["score"] <= 1
+
+
+# -- training from cached states ------------------------------------------------------------------------
+
+
+def _states_chunk(tiny, model: ClassifierStudent, n: int) -> pa.Table:
+    """The first ``n`` texts with the states after the model's frozen layers, as the frozen pass
+    caches them (``BottomStatesPredictor``, float16) and ``TaskFiles`` joins them."""
+    from mdistill.teacher.predictor import BottomStatesPredictor
+
+    predictor = BottomStatesPredictor(str(tiny["path"]), model.frozen_layers, 64, 8, prompt="", pooled=False)
+    out = predictor(pa.table({"text": tiny["texts"][:n]}))
+    assert "pooled" not in out.column_names  # pooled=False: the top layers never ran
+    return out.append_column("label_id", pa.array(tiny["label_ids"][:n], pa.int64()))
+
+
+def test_logits_from_cached_states_equal_the_full_forward_and_the_export(tiny, tmp_path):
+    """What the top layers + head compute from the frozen pass's states is what the exported
+    classifier computes from text: exactly from float32 states, within 1e-2 from the cache's float16."""
+    from transformers import AutoModelForSequenceClassification
+
+    from mdistill.models.split import run_layers
+
+    model = _student(tiny)
+    model.freeze_below(1)
+    model.eval()
+    texts = tiny["texts"][:16]
+    ids, mask = make_batch(texts, tiny["tokenizer"], max_seq_length=64).features().values()
+    base = model.model.bert
+    with torch.no_grad():
+        full = model({"input_ids": ids, "attention_mask": mask})
+        h32 = run_layers(base, base.embeddings(input_ids=ids), mask, base.encoder.layer[: model.frozen_layers])
+        assert (model({"hidden": h32, "attention_mask": mask}) - full).abs().max().item() < 1e-5
+
+    chunk = _states_chunk(tiny, model, 16)
+    logits = predict_state_logits(model, [chunk.slice(0, 7), chunk.slice(7)], batch_size=5)  # any chunking, row order kept
+    assert np.abs(logits - full.numpy()).max() < 1e-2 and not model.training
+    out = model.save(tmp_path / "clf", tiny["tokenizer"])
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        assert np.abs(loaded(input_ids=ids, attention_mask=mask).logits.numpy() - logits).max() < 1e-2
+
+
+def test_a_step_from_cached_states_trains_only_the_top_layers(tiny):
+    model = _student(tiny)
+    model.freeze_below(1)
+    chunk = _states_chunk(tiny, model, 24)
+    opt, sched = make_classifier_optimizer(model, lr=1e-2, head_lr=1e-1, weight_decay=0.0, total_steps=30, warmup_ratio=0.0)
+    frozen = {n: p.detach().clone() for n, p in model.model.named_parameters() if not p.requires_grad}
+    top = [p.detach().clone() for p in model.model.bert.encoder.layer[-1].parameters()]
+    losses = []
+    for epoch in range(6):
+        for b in classify_batches([chunk], 8, random.Random(epoch), StateFeatures(), logits_column=None):
+            assert b.inputs.is_floating_point() and b.inputs.dim() == 3 and "hidden" in b.features()
+            losses.append(classify_train_step(model, opt, sched, b, "supervised", 1.0, 0.5)["loss"])
+    assert all(torch.equal(frozen[n], p) for n, p in model.model.named_parameters() if n in frozen)
+    assert all(not torch.equal(a, b) for a, b in zip(top, model.model.bert.encoder.layer[-1].parameters()))
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])  # it learns the labels of these rows

@@ -21,15 +21,16 @@ import os
 import random
 import tempfile
 import time
-from contextlib import nullcontext
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from mdistill.config import TrainConfig
+from mdistill.encode import bf16_autocast
 from mdistill.log import get_logger
 from mdistill.report.schema import EpochRecord, StepRecord, TrainLogs
 from mdistill.tracking.spec import WorkerTracking
@@ -53,14 +54,18 @@ class ClassifyLoopConfig(BaseModel):
     model_path: str  # encoder (sentence-transformers or HF directory) the classifier starts from
     labels: list[str]
     train_layers: int | Literal["all"]
+    pooling: Literal["mean", "cls"] = "cls"  # classify.pooling: mean appends the mean-pooling layer (models/mean_pooling_layer.py)
     prompt: str
     max_seq_length: int
     head_lr: float | None
     teacher_path: str | None = None  # online: the teacher's encoder, trained in the loop on the English sources
     teacher_train_layers: int | Literal["all"] = "all"
     teacher_max_seq_length: int = 128
-    eval_path: str | None  # Parquet of the rows to predict at the end (text); None: no evaluation
-    dev_path: str | None = None  # Parquet (text, lang, label_id): scored every train.dev_every steps and at each epoch end
+    # Cached student states (``stages.classify.frozen_pass``): rows carry ``hidden`` / ``length`` / ``dim``
+    # (the states after the frozen layers) instead of being tokenised, and each step runs only the top layers.
+    states: bool = False
+    eval_path: str | None  # Parquet (file or folder) of the rows to predict at the end (text or states, and row); None: no evaluation
+    dev_path: str | None = None  # Parquet (text or states, label_id): scored every train.dev_every steps and at each epoch end
     train_rows: int
     threads: int
     seed: int
@@ -89,7 +94,7 @@ class ClassifyLoop:
 
         from mdistill.training.classify_step import ClassifierStudent, make_classifier_optimizer
 
-        model = ClassifierStudent.from_pretrained(path, self.cfg.labels)
+        model = ClassifierStudent.from_pretrained(path, self.cfg.labels, pooling=self.cfg.pooling)
         trainable = model.freeze_below(train_layers)
         optimizer, scheduler = make_classifier_optimizer(
             model,
@@ -105,7 +110,7 @@ class ClassifyLoop:
         import ray.train.torch
 
         from mdistill.tracking.worker import StepLogger
-        from mdistill.training.step import TextFeatures, steps_per_epoch
+        from mdistill.training.step import StateFeatures, TextFeatures, steps_per_epoch
 
         cfg, t = self.cfg, self.t
         self.tracker = StepLogger(cfg.tracking, self.rank)
@@ -122,7 +127,7 @@ class ClassifyLoop:
             cfg.model_path, cfg.train_layers, t.lr, self.total_micro
         )
         self.model = ray.train.torch.prepare_model(self.student)  # DDP; moves to this worker's GPU when use_gpu
-        self.features = TextFeatures(self.tokenizer, cfg.prompt, cfg.max_seq_length)
+        self.features = StateFeatures() if cfg.states else TextFeatures(self.tokenizer, cfg.prompt, cfg.max_seq_length)
         self.teacher_features = None
         if cfg.mode == "online":
             if cfg.teacher_path is None:
@@ -132,7 +137,7 @@ class ClassifyLoop:
             )
             self.teacher_model = ray.train.torch.prepare_model(self.teacher)
             self.teacher_features = TextFeatures(self.teacher_tokenizer, "", cfg.teacher_max_seq_length)
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        self.autocast = bf16_autocast(self.device, t.cpu_bf16)  # bf16 on GPU; on CPU with train.cpu_bf16 and native bf16
         if self.rank == 0:
             log.info("%s: %s, %d trainable parameters, %d micro-batches", cfg.name, cfg.mode, trainable, self.total_micro)
 
@@ -226,40 +231,42 @@ class ClassifyLoop:
 
     # -- save and report ------------------------------------------------------------------------
 
+    def _predict(self, path: str) -> tuple[pa.Table, np.ndarray]:
+        """Logits of the rows of a Parquet file or folder (text, or cached states), with the rows' other columns."""
+        from mdistill.training.classify_step import predict_logits, predict_state_logits
+
+        if self.cfg.states:
+            rows = pq.read_table(path)
+            logits = predict_state_logits(self.student, rows.to_batches(max_chunksize=1024))
+            return rows.drop_columns(["hidden", "length", "dim"]), logits
+        rows = pq.read_table(path)
+        logits = predict_logits(
+            self.student, rows.column("text").to_pylist(), self.tokenizer, batch_size=64,
+            max_seq_length=self.cfg.max_seq_length, prompt=self.cfg.prompt,
+        )  # fmt: skip
+        return rows, logits
+
     def dev_metrics(self) -> dict[str, float]:
         """``dev_accuracy`` / ``dev_macro_f1`` over every language's dev rows pooled (what Tune
         ranks trials by), computed on every rank (each reports the same numbers)."""
         from mdistill.evaluation.ClassificationEvaluator import ClassificationEvaluator
-        from mdistill.training.classify_step import predict_logits
 
         if self.cfg.dev_path is None:
             return {}
-        if not hasattr(self, "_dev"):
-            self._dev = pq.read_table(self.cfg.dev_path, columns=["text", "label_id"])
-        texts = self._dev.column("text").to_pylist()
-        logits = predict_logits(
-            self.student, texts, self.tokenizer, batch_size=64, max_seq_length=self.cfg.max_seq_length, prompt=self.cfg.prompt
-        )
-        m = ClassificationEvaluator.compute(logits, self._dev.column("label_id").to_numpy())
+        rows, logits = self._predict(self.cfg.dev_path)
+        m = ClassificationEvaluator.compute(logits, rows.column("label_id").to_numpy())
         self.logs.dev_accuracy.append((self.micro, m["accuracy"]))
         out = {"dev_accuracy": m["accuracy"], "dev_macro_f1": m["macro_f1"]}
         self.tracker.log(out, self.micro)
         return out
 
     def eval_logits(self) -> pa.Table | None:
-        from mdistill.training.classify_step import predict_logits
-
         if self.cfg.eval_path is None:
             return None
-        texts = pq.read_table(self.cfg.eval_path, columns=["text"]).column("text").to_pylist()
-        logits = predict_logits(
-            self.student, texts, self.tokenizer, batch_size=64, max_seq_length=self.cfg.max_seq_length, prompt=self.cfg.prompt
-        )
+        rows, logits = self._predict(self.cfg.eval_path)
+        order = rows.column("row") if "row" in rows.column_names else pa.array(range(rows.num_rows), pa.int64())
         return pa.table(
-            {
-                "row": pa.array(range(len(texts)), pa.int64()),
-                "logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1]),
-            }
+            {"row": order.cast(pa.int64()), "logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1])}
         )
 
     def save_and_report(self, metrics: dict, final: bool) -> None:

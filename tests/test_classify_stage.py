@@ -54,18 +54,26 @@ def test_transfer_checks_compare_with_zero_shot_and_the_english_teacher():
 
 def test_role_rows_and_steps(tmp_path):
     train = _eval_rows().drop_columns(["split"])
+    train = train.append_column("labelled", pa.array([e in ("a", "b") for e in train.column("en").to_pylist()]))  # c, d: unlabelled
     cache = EmbeddingCache(tmp_path, "fp")
     logits = np.array([[1, 2], [3, 4], [5, 6], [7, 8]], dtype=np.float32)
     cache.write_table(
         pa.table({"key": [text_key(t) for t in "abcd"], "logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), 2)})
     )
-    assert classify.training_rows(train, "zero_shot").column("lang").to_pylist() == ["en"] * 4
-    soft = classify.training_rows(train, "soft", cache)
-    assert soft.num_rows == 7
-    got = np.array(soft.column("logits").to_pylist())
-    want = logits[["abcd".index(e) for e in soft.column("en").to_pylist()]]
+    train = classify.with_teacher_logits(train, cache)
+    got = np.array(train.column("logits").to_pylist())
+    want = logits[["abcd".index(e) for e in train.column("en").to_pylist()]]
     np.testing.assert_array_equal(got, want)  # every translation carries its English source's logits
-    assert "logits" not in classify.training_rows(train, "translate_train").column_names
+    # the English classifiers: the labelled English paragraphs alone
+    for role in ("teacher", "zero_shot"):
+        assert classify.role_rows(train, role).column("text").to_pylist() == ["a", "b"], role
+    # the upper bound: every row, every gold label
+    assert classify.role_rows(train, "translate_train").column("label_id").to_pylist() == [0, 1, 1, 0, 1, 1, 0]
+    # the distilled students: every row, the gold label only where the user has it
+    for role in ("soft", "hard", "online"):
+        rows = classify.role_rows(train, role)
+        assert rows.column("text").to_pylist() == list("abcABCd"), role
+        assert rows.column("label_id").to_pylist() == [0, 1, None, 0, 1, None, None], role
     t = TrainConfig(epochs=1)
     assert classify.role_train_config(t, "zero_shot", 200, 1000).epochs == 5  # the students' steps
     assert classify.role_train_config(t, "soft", 1000, 1000) is t

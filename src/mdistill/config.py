@@ -230,6 +230,12 @@ class TrainConfig(_Strict):
     contrastive_temperature: float = Field(0.1, gt=0, description="mse+contrastive: softmax temperature over cosines.")
     workers: int = Field(2, ge=1, description="Ray Train workers per student.")
     use_gpu: bool = Field(False, description="One GPU per worker (nccl, bf16).")
+    cpu_bf16: bool = Field(
+        False,
+        description="On CPU, bf16 autocast for the classifier students' training steps and their frozen pass: 1.5x (steps) "
+        "and 1.65x (frozen pass) on a CPU with native bf16 (AVX512-BF16 / AMX; benchmarks/cpu_bf16.py); a CPU without it "
+        "runs float32 with a warning (emulated bf16 is slower). The classify recipe reads it.",
+    )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="How the workers spread over nodes (the Ray placement group's strategy)."
     )
@@ -539,7 +545,18 @@ class ClassifyConfig(_Strict):
         description="What is trained, all at once: zero_shot (English labels only), translate_train (gold labels in every "
         "language: an upper bound), soft / hard (cached teacher logits), online (teacher and student trained together).",
     )
-    max_train_english: int | None = Field(2000, ge=10, description="English training paragraphs (by hash); null: all.")
+    max_train_english: int | None = Field(
+        2000,
+        ge=10,
+        description="English paragraphs of the training files (by hash) the students learn from, each with its translations; null: all.",
+    )
+    labelled_english: int | None = Field(
+        None,
+        ge=10,
+        description="How many of them (the first by hash) carry their gold label: what the teacher and zero_shot train on and "
+        "the only gold labels soft / hard / online see; the rest is unlabelled parallel text, as a team with a classifier and "
+        "a parallel corpus has. translate_train (the upper bound) sees every gold label. null: all labelled.",
+    )
     max_eval_english: int | None = Field(500, ge=10, description="Dev and test paragraphs each (by hash); null: all.")
     train_teacher: bool = Field(
         True, description="Fine-tune teacher.model on the English paragraphs; false: teacher.model is a classifier already."
@@ -550,6 +567,12 @@ class ClassifyConfig(_Strict):
         "all", description="Top layers of the teacher's encoder fine-tuned (embeddings stay frozen unless all)."
     )
     head_lr: float = Field(2e-3, gt=0, description="Learning rate of every new classification head (teacher and students).")
+    pooling: Literal["mean", "cls"] = Field(
+        "mean",
+        description="How every classifier (teacher and students) reads a sentence. mean: a fixed encoder layer writes the mean "
+        "of the token states into [CLS] (the pooling sentence encoders such as e5 and all-MiniLM were trained with; the export "
+        "stays a plain AutoModelForSequenceClassification); cls: the architecture's own [CLS] pooler.",
+    )
     teacher_tolerance: float = Field(
         0.95,
         gt=0,
@@ -570,6 +593,14 @@ class ClassifyConfig(_Strict):
         if isinstance(v, int) and v < 1:
             raise ValueError("teacher_train_layers must be >= 1 or 'all'")
         return v
+
+    @model_validator(mode="after")
+    def _labelled(self) -> ClassifyConfig:
+        if self.labelled_english is not None and self.max_train_english is not None and self.labelled_english > self.max_train_english:
+            raise ValueError(
+                f"classify.labelled_english ({self.labelled_english}) must not exceed classify.max_train_english ({self.max_train_english})"
+            )
+        return self
 
 
 class StaticConfig(_Strict):

@@ -319,23 +319,34 @@ def render_classify_markdown(report: ClassifyReport, pngs: dict[str, Path] | Non
         *[f"| {s} (available) | " + " | ".join(str(report.available[s][x]) for x in labels) + " |" for s in report.available],
         "",
         f"Dropped English paragraphs: {report.dropped}. Rows per language: train {report.rows.get('train')}, eval {report.rows.get('eval')}.",
-        f"Caps: classify.max_train_english {c.get('max_train_english')}, max_eval_english {c.get('max_eval_english')}.",
+        f"Caps: classify.max_train_english {c.get('max_train_english')} (of them labelled: classify.labelled_english "
+        f"{c.get('labelled_english') or 'all'}), max_eval_english {c.get('max_eval_english')}.",
         "",
         "## Classifiers",
         "",
-        "| role | mode | base | train rows | languages | epochs | train layers | params | samples/s | export |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| role | mode | base | train rows | languages | epochs | train layers | params | samples/s | export | export vs evaluated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for role, r in report.classifiers.items():
         rate = f"{r.logs.history[-1].samples_per_s:.0f}" if r.logs.history else "–"
+        diff = "–" if r.export_max_abs_diff is None else f"{r.export_max_abs_diff:.1e}"
         lines.append(
             f"| {role} | {r.mode} | `{Path(r.base).name}` | {r.train_rows} | {', '.join(r.languages)} | {r.epochs} | {r.train_layers} | "
-            f"{r.params / 1e6:.1f}M | {rate} | `{r.export}` |"
+            f"{r.params / 1e6:.1f}M | {rate} | `{r.export}` | {diff} |"
         )
-    tc = report.teacher_cache
+    tc, sc = report.teacher_cache, report.states_cache
     lines += [
         "",
         f"Teacher logits cache `{tc.fingerprint[:12]}`: {tc.distinct_texts} texts, {tc.cache_hits} cached, {tc.computed} computed in {tc.seconds:.1f} s.",
+        *(
+            [
+                f"Student frozen pass `{sc.fingerprint[:12]}` (states after the frozen layers, float16): {sc.distinct_texts} texts, "
+                f"{sc.cache_hits} cached, {sc.computed} computed in {sc.seconds:.1f} s; export vs evaluated: max abs logit "
+                "difference of each export loaded from text against the logits evaluated from the states."
+            ]
+            if sc
+            else []
+        ),
         "",
         *timings_markdown(report.timings_s),
     ]

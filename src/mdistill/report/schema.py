@@ -288,6 +288,8 @@ class ClassifierReport(_Model):
     params: int
     export: str | None  # the Hugging Face directory (AutoModelForSequenceClassification), with a model card
     logs: TrainLogs
+    # the export's logits from text vs the logits evaluated (from cached states), on a sample of evaluation rows
+    export_max_abs_diff: float | None = None
 
 
 class ClassifyReport(_RunBase):
@@ -301,6 +303,7 @@ class ClassifyReport(_RunBase):
     rows: dict[str, dict[str, int]]  # train / eval rows per language
     teacher: str  # the teacher classifier's directory or id
     teacher_cache: CachePass
+    states_cache: CachePass | None = None  # the student's frozen pass (None: train_layers all, trained from text)
     classifiers: dict[str, ClassifierReport]  # by role (the teacher too, when mdistill trained it)
     test: ClassifyTable  # the test files: the headline numbers
     dev: ClassifyTable = {}

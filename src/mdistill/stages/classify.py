@@ -24,17 +24,23 @@ import hashlib
 import json
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
 import ray.train
 
 from mdistill.config import ClassifyConfig, RunConfig, TrainConfig
 from mdistill.evaluation.ClassificationEvaluator import ClassificationEvaluator
+from mdistill.models.st_format import default_prompt_of
 from mdistill.report.schema import ClassifyTable, ClassMetrics, TrainLogs
+from mdistill.stages.cache_pass import add_keys, join_files
+from mdistill.stages.classify_data import TaskData
+from mdistill.stages.student import Student, open_states
 from mdistill.teacher.cache import EmbeddingCache, embedding_matrix
 from mdistill.training import checkpoint as ckpt
 from mdistill.training.classify_loop import EVAL_LOGITS, MODEL_DIR, TEACHER_DIR, ClassifyLoopConfig
@@ -51,25 +57,106 @@ MODES = {
 ENGLISH_ONLY = {"teacher", "zero_shot"}
 
 
-def prompt_of(model_dir: str) -> str:
-    """The sentence-transformers default prompt of an encoder directory ("query: " for e5), or ""."""
-    cfg = Path(model_dir) / "config_sentence_transformers.json"
-    if not cfg.exists():
-        return ""
-    data = json.loads(cfg.read_text())
-    name = data.get("default_prompt_name")
-    return (data.get("prompts") or {}).get(name, "") if name else ""
+def frozen_student(cfg: RunConfig, model_path: str) -> Student | None:
+    """The student's frozen pass: its hidden states after the frozen layers (all but
+    ``student.train_layers``), cached per text (``student_states``, like the embedding recipe's),
+    so every role's step runs only the top layers. None for ``train_layers: all`` (text)."""
+    if cfg.student.full_finetune:
+        return None
+    return open_states(
+        "student",
+        cfg.student,
+        model_path,
+        cfg.cache_path,
+        steps=[],
+        batch_size=cfg.eval.batch_size,
+        pooled=False,
+        cpu_bf16=cfg.train.cpu_bf16,
+    )
 
 
-def training_rows(train: pa.Table, role: str, teacher_cache: EmbeddingCache | None = None) -> pa.Table:
-    """The rows of one role: English only or every language; ``soft`` / ``hard`` with the cached
-    teacher logits of each row's English source (``logits``)."""
-    rows = train.filter(pc.equal(train.column("lang"), "en")) if role in ENGLISH_ONLY else train
-    if MODES[role] in ("soft", "hard"):
-        assert teacher_cache is not None, f"{role} needs the teacher cache"
-        logits = teacher_cache.lookup(rows.column("en").to_pylist(), column="logits")
-        rows = rows.append_column("logits", pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1]))
-    return rows
+@dataclass(frozen=True)
+class TaskFiles:
+    """The task's rows as Parquet the workers stream (no process holds the states):
+    ``train/``: text, lang, en, label_id, logits (the teacher's, of the English source);
+    ``eval/split={dev,test}/``: row (its index in ``TaskData.eval``), text, lang, label_id;
+    both with the cached states (hidden, length, dim) when ``states``."""
+
+    train: Path
+    eval: Path
+    states: bool
+    fingerprint: str  # the rows and the states' cache: part of each role's resume stamp
+
+    @property
+    def dev(self) -> Path:
+        return self.eval / "split=dev"
+
+    def eval_table(self, columns: list[str] = ["row", "text", "lang", "label_id"]) -> pa.Table:  # noqa: B006
+        """The evaluation rows (no states) in ``row`` order, ``split`` a plain string column."""
+        t = pq.read_table(self.eval, columns=[*columns, "split"]).sort_by("row")
+        return t.set_column(t.schema.get_field_index("split"), "split", t.column("split").cast(pa.string()))
+
+    def role(self, role: str) -> ray.data.Dataset:
+        """A role's training rows (``role_rows``), streamed."""
+        return ray.data.read_parquet(str(self.train)).map_batches(partial(role_rows, role=role), batch_format="pyarrow")
+
+
+def _write_joined(rows: pa.Table, s: Student | None, out: Path, partition_cols: list[str] | None = None) -> None:
+    """``rows`` (+ the states of their texts, joined on Ray Data) as Parquet under ``out``; every row must find its states."""
+    shutil.rmtree(out, ignore_errors=True)
+    ds = ray.data.from_arrow(rows)
+    if s is not None:
+        ds = ds.map_batches(add_keys, batch_format="pyarrow")
+        ds = join_files(ds, [str(p) for p in s.cache.readable_shards()], key="key", left_key="key", columns=["hidden", "length", "dim"])
+        ds = ds.drop_columns(["key"])
+    ds.write_parquet(str(out), partition_cols=partition_cols)
+    written = sum(pq.ParquetFile(f).metadata.num_rows for f in out.rglob("*.parquet"))
+    if written != rows.num_rows:
+        raise RuntimeError(
+            f"{out}: {written} rows joined with the student's cached states, {rows.num_rows} expected: a text lacks its "
+            f"states or the cache holds a key twice (check with `mdistill cache verify`)"
+        )
+
+
+def with_teacher_logits(rows: pa.Table, teacher_cache: EmbeddingCache) -> pa.Table:
+    """``rows`` + ``logits``: the teacher's cached logits of each row's English source (a translation
+    learns what the teacher says of its English)."""
+    logits = teacher_cache.lookup(rows.column("en").to_pylist(), column="logits")
+    return rows.append_column("logits", pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1]))
+
+
+def eval_rows(task: TaskData, splits: tuple[str, ...] = ("dev", "test")) -> pa.Table:
+    """The evaluation rows of ``splits`` (Tune looks at dev only)."""
+    return task.eval.filter(pc.is_in(task.eval.column("split"), pa.array(list(splits))))
+
+
+def task_files(
+    task: TaskData, teacher_cache: EmbeddingCache, s: Student | None, out: Path, splits: tuple[str, ...] = ("dev", "test")
+) -> TaskFiles:
+    """``TaskFiles`` under ``out`` (rewritten each run: a join of the task's rows, seconds); the
+    evaluation rows of ``splits``, their ``row`` their index in ``eval_rows(task, splits)``."""
+    train = with_teacher_logits(task.train, teacher_cache)
+    evaluation = eval_rows(task, splits).select(["text", "lang", "label_id", "split"])
+    evaluation = evaluation.append_column("row", pa.array(range(evaluation.num_rows), pa.int64()))
+    _write_joined(train, s, out / "train")
+    _write_joined(evaluation, s, out / "eval", partition_cols=["split"])
+    fingerprint = hashlib.blake2b(
+        f"{table_fingerprint(train)} {table_fingerprint(evaluation)} {s.cache.fingerprint if s else 'text'}".encode(), digest_size=16
+    ).hexdigest()
+    return TaskFiles(out / "train", out / "eval", s is not None, fingerprint)
+
+
+def role_rows(rows: pa.Table, role: str) -> pa.Table:
+    """A role's training rows: the labelled English paragraphs (teacher, zero_shot); every row with
+    its gold label (translate_train: the upper bound, labels the user does not have); every row,
+    gold labels only where labelled (soft, hard, online: what the user has, the teacher's outputs
+    for the rest)."""
+    if role in ENGLISH_ONLY:
+        return rows.filter(pc.and_(pc.equal(rows.column("lang"), "en"), rows.column("labelled")))
+    if role == "translate_train":
+        return rows
+    known = pc.if_else(rows.column("labelled"), rows.column("label_id"), pa.scalar(None, pa.int64()))
+    return rows.set_column(rows.schema.get_field_index("label_id"), "label_id", known)
 
 
 def role_train_config(train: TrainConfig, role: str, rows: int, all_rows: int) -> TrainConfig:
@@ -104,7 +191,11 @@ def loop_config(
     eval_path: Path | None,
     threads: int,
     teacher_base: str | None,
+    states: bool = False,
+    dev_path: Path | None = None,
 ) -> ClassifyLoopConfig:
+    """A role's worker settings. ``states``: the student trains from ``TaskFiles``' cached states
+    (never the teacher role, which trains its own encoder from text)."""
     c: ClassifyConfig = cfg.classify
     teacher = role == "teacher"
     check_layers(
@@ -120,13 +211,16 @@ def loop_config(
         model_path=model_path,
         labels=_labels(cfg),
         train_layers=c.teacher_train_layers if teacher else cfg.student.train_layers,
-        prompt=prompt_of(model_path) if cfg.student.prompt is None or teacher else cfg.student.prompt,
+        pooling=c.pooling,
+        prompt=default_prompt_of(model_path) if cfg.student.prompt is None or teacher else cfg.student.prompt,
         max_seq_length=cfg.teacher.max_seq_length if teacher else cfg.student.max_seq_length,
         head_lr=c.head_lr,
         teacher_path=teacher_base if role == "online" else None,
         teacher_train_layers=c.teacher_train_layers,
         teacher_max_seq_length=cfg.teacher.max_seq_length,
+        states=states and not teacher,
         eval_path=str(eval_path) if eval_path else None,
+        dev_path=str(dev_path) if dev_path else None,
         train_rows=rows,
         threads=threads,
         seed=cfg.seed,
@@ -228,6 +322,21 @@ def param_count(model_dir: Path) -> int:
         with safe_open(str(f), "pt") as st:
             n += sum(int(np.prod(st.get_slice(k).get_shape())) for k in st.keys())
     return n
+
+
+EXPORT_CHECK_ROWS = 64
+
+
+def export_check(model_dir: str, texts: list[str], want: np.ndarray, *, max_seq_length: int, prompt: str) -> float:
+    """Max abs difference between the exported classifier's logits from text (loaded as users load
+    it, ``AutoModelForSequenceClassification``) and ``want``, the logits that were evaluated (a
+    student trained from cached states evaluated from states)."""
+    from mdistill.encode import load_classifier
+    from mdistill.training.classify_step import predict_logits
+
+    model, tokenizer = load_classifier(model_dir)
+    got = predict_logits(model, texts, tokenizer, max_seq_length=max_seq_length, prompt=prompt)
+    return float(np.abs(got - want).max())
 
 
 def export_classifier(trained_dir: Path, out: Path, card: str) -> Path:

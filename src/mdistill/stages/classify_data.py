@@ -9,8 +9,11 @@ take the translations of the sampled paragraphs. The samples (``classify.max_tra
 ``max_eval_english``) are what the driver keeps, like the dev sample of the embedding recipe.
 
 Rows: ``text``, ``lang`` (``en`` for the English paragraph itself), ``en`` (its English source),
-``label_id``; the evaluation table adds ``split`` (dev, test). A translation always carries its
-English paragraph's label: the same paragraph of the same help file.
+``label_id``, ``labelled`` (its English paragraph is among the first ``classify.labelled_english``
+by hash: a gold label the user has; the others are unlabelled parallel text, their label kept for
+the translate-train upper bound and the evaluation); the evaluation table adds ``split`` (dev,
+test). A translation always carries its English paragraph's label: the same paragraph of the same
+help file.
 """
 
 from __future__ import annotations
@@ -29,22 +32,29 @@ from mdistill.stages.cache_pass import add_keys
 from mdistill.stages.corpus import Corpus
 from mdistill.tasks import help_topics
 
-TASK_VERSION = 1  # bump when what a task selection holds changes
-ROW_SCHEMA = pa.schema([("text", pa.string()), ("lang", pa.string()), ("en", pa.string()), ("label_id", pa.int64())])
+TASK_VERSION = 2  # bump when what a task selection holds changes
+ROW_SCHEMA = pa.schema(
+    [("text", pa.string()), ("lang", pa.string()), ("en", pa.string()), ("label_id", pa.int64()), ("labelled", pa.bool_())]
+)
 
 
 @dataclass(frozen=True)
 class TaskData:
     labels: list[str]
-    train: pa.Table  # text, lang, en, label_id: the English training paragraphs and their translations
+    train: pa.Table  # text, lang, en, label_id, labelled: the English training paragraphs and their translations
     eval: pa.Table  # + split: dev and test paragraphs (English and translations)
-    balance: dict[str, dict[str, int]]  # English paragraphs per split (train, dev, test, all) per label, after the caps
+    balance: dict[str, dict[str, int]]  # English paragraphs per split (train, dev, test, all; labelled: of train) per label, after the caps
     available: dict[str, dict[str, int]]  # the same before the caps: every usable paragraph
     dropped: dict[str, int]  # English paragraphs removed: ambiguous (two labels), cross_split (also in an earlier split)
     fingerprint: str
 
     def english_train(self) -> pa.Table:
         return self.train.filter(pc.equal(self.train.column("lang"), "en"))
+
+    def labelled_english(self) -> pa.Table:
+        """The English paragraphs with a gold label the user has: what an English classifier trains on."""
+        t = self.english_train()
+        return t.filter(t.column("labelled"))
 
     def rows_per_lang(self, table: pa.Table) -> dict[str, int]:
         vc = pc.value_counts(table.column("lang"))
@@ -106,7 +116,9 @@ def _translations(batch: pa.Table, chosen: dict[str, str]) -> pa.Table:
     )
 
 
-def select_task(corpus: Corpus, langs: list[str], max_train_english: int | None, max_eval_english: int | None) -> TaskData:
+def select_task(
+    corpus: Corpus, langs: list[str], max_train_english: int | None, max_eval_english: int | None, labelled_english: int | None = None
+) -> TaskData:
     langs_t = tuple(langs)
     kept = _collect(_corpus_rows(corpus, langs_t, quarantined_duplicates=False))
     dups = _collect(_corpus_rows(corpus, langs_t, quarantined_duplicates=True))
@@ -121,8 +133,9 @@ def select_task(corpus: Corpus, langs: list[str], max_train_english: int | None,
         "test": _sample(english, "test", max_eval_english),
     }
     chosen = {e: s for s, t in samples.items() for e in t.column("en").to_pylist()}
+    labelled = set(samples["train"].column("en").to_pylist()[:labelled_english])  # the first by hash, as every sample
     pairs = pa.concat_tables(
-        [pa.schema([*ROW_SCHEMA, ("split", pa.string())]).empty_table()]
+        [pa.schema([*(f for f in ROW_SCHEMA if f.name != "labelled"), ("split", pa.string())]).empty_table()]
         + [
             b
             for b in _corpus_rows(corpus, langs_t, quarantined_duplicates=False)
@@ -145,21 +158,32 @@ def select_task(corpus: Corpus, langs: list[str], max_train_english: int | None,
         [("split", "ascending"), ("lang", "ascending"), ("en", "ascending"), ("text", "ascending")]
     )
     is_train = pc.equal(rows.column("split"), "train")
+    rows = rows.append_column("labelled", pc.and_(is_train, pa.array([e in labelled for e in rows.column("en").to_pylist()], pa.bool_())))
     train = rows.filter(is_train).select(ROW_SCHEMA.names)
     evaluation = rows.filter(pc.invert(is_train))
 
     def balance(t: pa.Table) -> dict[str, dict[str, int]]:
         return help_topics.class_balance(t)
 
+    used = balance(pa.concat_tables(samples.values()))
+    used["labelled"] = balance(samples["train"].slice(0, len(labelled)))["train"]  # of the training sample: the gold labels
+
     key = json.dumps(
-        {"corpus": corpus.fingerprint, "langs": list(langs), "train": max_train_english, "eval": max_eval_english, "v": TASK_VERSION},
+        {
+            "corpus": corpus.fingerprint,
+            "langs": list(langs),
+            "train": max_train_english,
+            "eval": max_eval_english,
+            "labelled": labelled_english,
+            "v": TASK_VERSION,
+        },  # fmt: skip
         sort_keys=True,
     )
     return TaskData(
         labels=help_topics.labels(),
         train=train,
         eval=evaluation,
-        balance=balance(pa.concat_tables(samples.values())),
+        balance=used,
         available=balance(english),
         dropped=dropped,
         fingerprint=hashlib.blake2b(key.encode(), digest_size=16).hexdigest(),

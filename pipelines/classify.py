@@ -2,9 +2,9 @@
 
 corpus -> task (LibreOffice help paragraphs labelled by help module, split by help file) ->
 teacher (an English classifier: trained here on the English paragraphs, or loaded) -> the
-teacher's logits of every English source and evaluation row (actor pool, cached) -> one
-TorchTrainer per student, all at once (zero-shot and translate-train baselines; soft, hard,
-online distillation) -> accuracy and macro-F1 per language on the test files -> export + model
+teacher's logits of every English source and evaluation row (actor pool, cached) -> the
+student's frozen pass (cached states) -> one TorchTrainer per student, as many at once as the
+cluster holds (zero-shot and translate-train baselines; soft, hard, online distillation) -> accuracy and macro-F1 per language on the test files -> export + model
 cards -> report. Read it top to bottom; every stage is timed in the report.
 """
 
@@ -24,6 +24,7 @@ from mdistill.ray_init import init_ray
 from mdistill.report import Timings, write_classify_report
 from mdistill.report.markdown import render_classify_markdown
 from mdistill.report.schema import ClassifierReport, ClassifyReport
+from mdistill.resources import concurrent_trainers
 from mdistill.stages import cache_pass, classify, train
 from mdistill.stages.classify_data import TaskData, select_task
 from mdistill.stages.corpus import build_corpus
@@ -130,22 +131,25 @@ def run(cfg: RunConfig) -> ClassifyReport:
                 states_pass = cache_pass.commit(todo, states, commit_rows=1024)
         files = classify.task_files(task, teacher.cache, s, out / "task")
 
-    # 5. One TorchTrainer per student, all at once: the baselines and the distilled students.
+    # 5. One TorchTrainer per student, `concurrent` at a time: the baselines and the distilled students.
     with timings.stage("train"):
         teacher_base = resolve_model(cfg.teacher.model, cfg.cache_path) if c.train_teacher else teacher_dir
         all_rows = task.train.num_rows
         trainers, loops, rows_of = {}, {}, {}
-        for role in c.students:
+        concurrent = min(
+            len(c.students), c.concurrent_students or concurrent_trainers(ray.cluster_resources(), cfg.train.workers, cfg.train.use_gpu)
+        )
+        for role in classify.longest_first(c.students):
             rows_of[role] = classify.role_rows(task.train, role)
             tcfg = classify.role_train_config(cfg.train, role, rows_of[role].num_rows, all_rows)
-            scaling, threads = train.scaling(tcfg, concurrent=len(c.students))
+            scaling, threads = train.scaling(tcfg, concurrent=concurrent)
             threads = classify.role_threads(role, threads, tcfg)
             loops[role] = classify.loop_config(
                 cfg, role, model_path=student_base, rows=rows_of[role].num_rows, train=tcfg, eval_path=files.eval, threads=threads,
                 teacher_base=teacher_base, states=files.states,
             )  # fmt: skip
             trainers[role] = _trainer(cfg, role, files.role(role), files.fingerprint, loops[role], scaling, tracker)
-        trained = {role: classify.load_trained(r) for role, r in train.fit_all(trainers).items()}
+        trained = {role: classify.load_trained(r) for role, r in train.fit_all(trainers, max_concurrent=concurrent).items()}
 
     # 6. Evaluate per language on the test (and dev) files: the teacher on every language, each student.
     with timings.stage("evaluate"):

@@ -30,6 +30,7 @@ from mdistill.log import get_logger
 from mdistill.ray_init import init_ray
 from mdistill.report import Timings, load_report, write_report
 from mdistill.report.schema import RunReport
+from mdistill.resources import concurrent_trainers
 from mdistill.stages import cache_pass, student, train
 from mdistill.stages.corpus import build_corpus
 from mdistill.stages.select import select_data
@@ -48,7 +49,7 @@ from mdistill.storage import check_shared
 from mdistill.tracking import RunTracker
 from mdistill.tracking.tune import trial_callbacks
 from mdistill.training.loop import train_loop_per_worker
-from mdistill.tune_space import derive_max_concurrent_trials, dev_every, search_space, shape_key, student_shapes, trial_config
+from mdistill.tune_space import dev_every, search_space, shape_key, student_shapes, trial_config
 
 log = get_logger("tune")
 
@@ -106,7 +107,7 @@ def tune_run(cfg: RunConfig) -> RunReport:
             shapes[key] = {"student": s, "training_set": ts, "head": head, "states_cache": states_pass and states_pass.model_dump()}
 
     # 4. The search: Tune over Train, ASHA on the dev metric, resumed if it was interrupted.
-    concurrent = tc.max_concurrent_trials or derive_max_concurrent_trials(ray.cluster_resources(), cfg.train.workers, cfg.train.use_gpu)
+    concurrent = tc.max_concurrent_trials or concurrent_trainers(ray.cluster_resources(), cfg.train.workers, cfg.train.use_gpu)
     max_t = (tc.scheduler.asha.max_t or tc.reports) if tc.scheduler.asha else tc.reports
     log.info("%d sample(s), %d trial(s) at once, ASHA max_t %d", tc.num_samples, concurrent, max_t)
     trainable = tune.with_resources(

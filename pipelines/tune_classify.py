@@ -24,6 +24,7 @@ from mdistill.log import get_logger
 from mdistill.ray_init import init_ray
 from mdistill.report import Timings, write_report
 from mdistill.report.schema import DataCounts, RunReport
+from mdistill.resources import concurrent_trainers
 from mdistill.stages import cache_pass, classify, train
 from mdistill.stages.classify_data import select_task
 from mdistill.stages.corpus import build_corpus
@@ -41,7 +42,7 @@ from mdistill.storage import check_shared
 from mdistill.tracking import RunTracker
 from mdistill.tracking.tune import trial_callbacks
 from mdistill.training.classify_loop import classify_loop_per_worker
-from mdistill.tune_space import derive_max_concurrent_trials, dev_every, search_space, trial_config
+from mdistill.tune_space import dev_every, search_space, trial_config
 
 log = get_logger("tune")
 
@@ -124,7 +125,7 @@ def tune_classify(cfg: RunConfig) -> RunReport:
         rows = classify.role_rows(task.train, "soft")
 
     # 4. The search: Tune over Train, ASHA on the pooled dev accuracy.
-    concurrent = tc.max_concurrent_trials or derive_max_concurrent_trials(ray.cluster_resources(), cfg.train.workers, cfg.train.use_gpu)
+    concurrent = tc.max_concurrent_trials or concurrent_trainers(ray.cluster_resources(), cfg.train.workers, cfg.train.use_gpu)
     max_t = (tc.scheduler.asha.max_t or tc.reports) if tc.scheduler.asha else tc.reports
     trainable = tune.with_resources(
         tune.with_parameters(

@@ -3,8 +3,8 @@
 import pytest
 
 from mdistill.config import ConfigError, load_config
+from mdistill.resources import concurrent_trainers
 from mdistill.tune_space import (
-    derive_max_concurrent_trials,
     dev_every,
     num_trials,
     search_space,
@@ -100,19 +100,19 @@ def test_invalid_tune_settings():
     ],
 )
 def test_derived_max_concurrent_trials(resources, workers, use_gpu, expected):
-    assert derive_max_concurrent_trials(resources, workers, use_gpu) == expected
+    assert concurrent_trainers(resources, workers, use_gpu) == expected
 
 
 def test_derived_concurrency_fits_train_worker_sizing():
     from mdistill.resources import train_worker_resources
 
     for cpus in (2, 4, 16):
-        n = derive_max_concurrent_trials({"CPU": cpus}, 1, False)
+        n = concurrent_trainers({"CPU": cpus}, 1, False)
         per, threads = train_worker_resources({"CPU": cpus}, 1, False, concurrent=n)
         assert per["CPU"] * n <= cpus - 1 + 1e-9 or cpus <= 2 and per["CPU"] * n <= 1  # a CPU left for the data tasks
         assert threads >= 1
     with pytest.raises(ValueError, match="needs 2 GPU"):
-        derive_max_concurrent_trials({"CPU": 8, "GPU": 1}, 2, True)
+        concurrent_trainers({"CPU": 8, "GPU": 1}, 2, True)
 
 
 def test_dev_every_gives_the_reports_at_any_batch_size():

@@ -558,6 +558,13 @@ class ClassifyConfig(_Strict):
         "a parallel corpus has. translate_train (the upper bound) sees every gold label. null: all labelled.",
     )
     max_eval_english: int | None = Field(500, ge=10, description="Dev and test paragraphs each (by hash); null: all.")
+    concurrent_students: int | None = Field(
+        None,
+        ge=1,
+        description="Students trained at once, in the order of `students` as slots free up. null: as many as the cluster "
+        "runs without oversubscribing its cores (2 on 2 CPUs, one worker each; one per GPU): on 2 cores five at once "
+        "ran at less than half the rows/s of two.",
+    )
     train_teacher: bool = Field(
         True, description="Fine-tune teacher.model on the English paragraphs; false: teacher.model is a classifier already."
     )

@@ -80,3 +80,21 @@ def train_worker_resources(nodes: Nodes, workers: int, use_gpu: bool, concurrent
     per = math.floor(min(per, cpus / n, largest) * 100) / 100  # rounded down: n workers must leave the data tasks their CPU
     threads = max(1, int(min(cpus // n, largest)))
     return {"CPU": per}, threads
+
+
+def concurrent_trainers(resources: dict, workers: int, use_gpu: bool) -> int:
+    """Trainers at once (Tune trials, the classify recipe's students), so that none starves another
+    or the Ray Data tasks feeding them.
+
+    GPU: one GPU per worker (a trainer of 1 worker = one GPU), and a CPU per worker for its data.
+    CPU: a trainer's workers get ``train_worker_resources(..., concurrent=n)``, which leaves a CPU
+    for the data tasks; 2 torch threads per worker where there are more than 2 CPUs, 1 thread on
+    2 CPUs (so two 1-worker trainers share a 2-core machine and overlap their start-up)."""
+    cpus = int(resources.get("CPU", 1))
+    if use_gpu:
+        gpus = int(resources.get("GPU", 0))
+        if gpus < workers:
+            raise ValueError(f"train.use_gpu with {workers} worker(s) per trainer needs {workers} GPU(s); the cluster has {gpus}")
+        return max(1, min(gpus // workers, max(1, cpus - 1) // workers))
+    per_trainer = workers * (1 if cpus <= 2 else 2)
+    return max(1, cpus // per_trainer)

@@ -4,7 +4,6 @@ functions, no compute and no running Ray: ``pipelines/tune.py`` uses them, tests
 - ``search_space``: ``tune.space`` -> a Tune ``param_space`` (flat, dotted keys).
 - ``trial_config``: the base config + one trial's sampled values -> a validated ``RunConfig``.
 - ``student_shapes``: every distinct ``student:`` section the space can produce (one frozen pass each).
-- ``derive_max_concurrent_trials``: how many trials fit the cluster at once.
 - ``dev_every``: optimizer steps between dev evaluations so that a trial reports ``tune.reports`` times.
 """
 
@@ -65,23 +64,6 @@ def shape_key(sampled: dict) -> str:
     """A file-name-safe name of a trial's student shape, e.g. ``train_layers-2`` (``base`` when none)."""
     parts = [f"{k.split('.', 1)[1]}-{sampled[k]}" for k in sorted(sampled) if k.startswith("student.")]
     return "_".join(parts).replace("/", "-").replace(" ", "") or "base"
-
-
-def derive_max_concurrent_trials(resources: dict, workers: int, use_gpu: bool) -> int:
-    """Trials at once, so that none starves another or the Ray Data tasks feeding them.
-
-    GPU: one GPU per worker (a trial of 1 worker = one GPU), and a CPU per worker for its data.
-    CPU: a trial's workers get ``train_worker_resources(..., concurrent=n)``, which leaves a CPU
-    for the data tasks; 2 torch threads per worker where there are more than 2 CPUs, 1 thread on
-    2 CPUs (so two 1-worker trials share a 2-core machine and overlap their start-up)."""
-    cpus = int(resources.get("CPU", 1))
-    if use_gpu:
-        gpus = int(resources.get("GPU", 0))
-        if gpus < workers:
-            raise ValueError(f"train.use_gpu with {workers} worker(s) per trial needs {workers} GPU(s); the cluster has {gpus}")
-        return max(1, min(gpus // workers, max(1, cpus - 1) // workers))
-    per_trial = workers * (1 if cpus <= 2 else 2)
-    return max(1, cpus // per_trial)
 
 
 def dev_every(train_rows: int, workers: int, batch_size: int, bucket_rows: int, epochs: int, grad_accum: int, reports: int) -> int:

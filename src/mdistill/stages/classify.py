@@ -174,6 +174,13 @@ def check_layers(model_dir: str, train_layers: int | str, key: str) -> None:
         raise ValueError(f"{key}: {train_layers} layers to train, but {model_dir} has {n}")
 
 
+def longest_first(roles: list[str]) -> list[str]:
+    """The roles in the order they start when fewer run at once than there are: ``online`` (a
+    teacher forward and backward every step: about twice a student's time) first, so the others
+    fill the remaining slots around it instead of leaving it to run alone at the end."""
+    return sorted(roles, key=lambda r: r != "online")
+
+
 def role_threads(role: str, threads: int, train: TrainConfig) -> int:
     """Torch threads of a role's workers. ``online`` does ~1.7x the work of a student (a teacher
     forward and backward every step) and outlives the others: on CPU it gets at least 2 threads,

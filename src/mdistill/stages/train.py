@@ -120,13 +120,21 @@ def _fit(trainer) -> ray.train.Result:
     return trainer.fit()
 
 
-def fit_all(trainers: dict) -> dict[str, ray.train.Result]:
-    """Run several trainers at once; each ``fit`` runs in its own (CPU-free) Ray task."""
+def fit_all(trainers: dict, max_concurrent: int | None = None) -> dict[str, ray.train.Result]:
+    """Run several trainers, at most ``max_concurrent`` at once (all when None), in the dict's
+    order as slots free up; each ``fit`` runs in its own (CPU-free) Ray task."""
     if len(trainers) == 1:
         ((name, trainer),) = trainers.items()
         return {name: trainer.fit()}
-    refs = {name: _fit.remote(t) for name, t in trainers.items()}
-    return dict(zip(refs, ray.get(list(refs.values()))))
+    queue, running, results = list(trainers.items()), {}, {}
+    limit = max_concurrent or len(queue)
+    while queue or running:
+        while queue and len(running) < limit:
+            name, trainer = queue.pop(0)
+            running[_fit.remote(trainer)] = name
+        (done,), _ = ray.wait(list(running), num_returns=1)
+        results[running.pop(done)] = ray.get(done)
+    return {name: results[name] for name in trainers}
 
 
 @dataclass

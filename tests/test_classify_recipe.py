@@ -112,7 +112,7 @@ def test_classifier_teacher_cache_reads_back_the_teachers_logits(classify_run):
     texts = TaskFiles(Path(), cfg.output_path / "task" / "eval", True, "").eval_table().column("text").to_pylist()
     cached = teacher.cache.lookup(texts, column="logits")
     model, tok = load_classifier(report.teacher, device="cpu")
-    direct = classify_batch(model, tok, texts, max_seq_length=cfg.teacher.max_seq_length)
+    direct = classify_batch(model, tok, texts, max_seq_length=cfg.teacher.max_seq_length, cpu_bf16=cfg.teacher.cpu_bf16)  # as the pass ran
     assert cached.shape == (len(texts), len(help_topics.labels()))
     np.testing.assert_allclose(cached, direct, atol=1e-5)
 

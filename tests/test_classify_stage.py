@@ -77,3 +77,26 @@ def test_role_rows_and_steps(tmp_path):
     t = TrainConfig(epochs=1)
     assert classify.role_train_config(t, "zero_shot", 200, 1000).epochs == 5  # the students' steps
     assert classify.role_train_config(t, "soft", 1000, 1000) is t
+
+
+def test_online_starts_first_when_students_queue_for_slots():
+    from mdistill.stages.classify import longest_first
+
+    assert longest_first(["zero_shot", "translate_train", "soft", "hard", "online"]) == [
+        "online",
+        "zero_shot",
+        "translate_train",
+        "soft",
+        "hard",
+    ]
+    assert longest_first(["soft", "hard"]) == ["soft", "hard"]
+
+
+def test_bf16_teacher_logits_are_cached_apart_from_float32_ones():
+    """``teacher.cpu_bf16`` changes the logits, so it keys the cache; off, the key is what it was
+    before the option existed (existing float32 caches stay valid)."""
+    from mdistill.config import TeacherConfig
+    from mdistill.stages.teacher import teacher_settings
+
+    off, on = (teacher_settings(TeacherConfig(kind="classifier", cpu_bf16=b)) for b in (False, True))
+    assert "cpu_bf16" not in off and on == off | {"cpu_bf16": True}

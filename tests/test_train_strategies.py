@@ -174,3 +174,19 @@ def test_stopped_run_resumes_when_run_again(training_set, tiny_models, ddp_run, 
     logs = load_trained(result).logs
     assert logs.resumed_at[0] > 0
     assert logs.dev[-1].pooled_mse100 == pytest.approx(ddp_run.logs.dev[-1].pooled_mse100, rel=0.05)
+
+
+@pytest.mark.integration
+def test_fit_all_runs_at_most_max_concurrent_trainers_at_once(ray_shared):
+    """Four 1-second "trainers" (anything with ``fit``) in two slots take at least two rounds; the
+    results come back under their names in the order given."""
+    import functools
+    import types
+
+    from mdistill.stages.train import fit_all
+
+    trainers = {name: types.SimpleNamespace(fit=functools.partial(time.sleep, 1.0)) for name in ("online", "a", "b", "c")}
+    t0 = time.time()
+    results = fit_all(trainers, max_concurrent=2)
+    assert time.time() - t0 >= 2.0  # 2 slots x 2 rounds: never 3 or 4 at once
+    assert list(results) == ["online", "a", "b", "c"]

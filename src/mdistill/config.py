@@ -176,6 +176,11 @@ class TeacherConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
     dtype: Literal["float16", "float32"] = Field("float32", description="How the vectors are stored in the cache.")
     prompt: str = Field("", description="Prepended to every text before tokenising.")
+    cpu_bf16: bool = Field(
+        False,
+        description="kind: classifier: the logits pass under bf16 autocast on a CPU with native bf16 (as train.cpu_bf16 does "
+        "for the students; float32 with a warning elsewhere). Part of the cache fingerprint.",
+    )
 
 
 class StudentConfig(_Strict):

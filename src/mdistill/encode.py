@@ -115,9 +115,18 @@ def load_classifier(path_or_id: str, device: str | None = None):
 
 @torch.inference_mode()
 def classify_batch(
-    model, tokenizer, texts: Sequence[str], *, batch_size: int = 64, max_seq_length: int = 128, prompt: str = "", autocast: bool = True
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    max_seq_length: int = 128,
+    prompt: str = "",
+    autocast: bool = True,
+    cpu_bf16: bool = False,
 ) -> np.ndarray:
-    """Raw logits (float32, input order), length-sorted batches; bf16 autocast on GPU."""
+    """Raw logits (float32, input order), length-sorted batches; bf16 autocast on GPU, and on a
+    CPU with native bf16 when ``cpu_bf16`` (``bf16_autocast``)."""
     device = next(model.parameters()).device
     out = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
     order = length_order(texts)
@@ -126,7 +135,12 @@ def classify_batch(
         enc = tokenizer([prompt + texts[i] for i in idx], padding=True, truncation=True, max_length=max_seq_length, return_tensors="pt").to(
             device
         )
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast and device.type == "cuda"):
+        # float32 on CPU unless asked, even inside a caller's autocast (as before cpu_bf16 existed)
+        with (
+            bf16_autocast(device, cpu_bf16)
+            if autocast and (device.type == "cuda" or cpu_bf16)
+            else torch.autocast(device.type, enabled=False)
+        ):
             logits = model(**enc).logits
         out[idx] = logits.float().cpu().numpy()
     return out

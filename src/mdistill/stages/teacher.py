@@ -43,7 +43,8 @@ class Teacher:
 
 def teacher_settings(cfg: TeacherConfig) -> dict:
     """The settings the teacher cache is keyed by, with the model's files."""
-    return {"kind": cfg.kind, "max_seq_length": cfg.max_seq_length, "dtype": cfg.dtype, "prompt": cfg.prompt, "pooling": "model"}
+    settings = {"kind": cfg.kind, "max_seq_length": cfg.max_seq_length, "dtype": cfg.dtype, "prompt": cfg.prompt, "pooling": "model"}
+    return settings | ({"cpu_bf16": True} if cfg.cpu_bf16 else {})  # only when on: the float32 caches keep their fingerprints
 
 
 def open_teacher(cfg: TeacherConfig, cache_dir: Path) -> Teacher:
@@ -53,4 +54,6 @@ def open_teacher(cfg: TeacherConfig, cache_dir: Path) -> Teacher:
     cache.write_meta(model=cfg.model, model_dir=str(model), **settings)
     kwargs = {"model": model, "max_seq_length": cfg.max_seq_length, "batch_size": cfg.batch_size, "prompt": cfg.prompt, "dtype": cfg.dtype}
     predictor = LogitsPredictor if cfg.kind == "classifier" else TeacherPredictor
+    if cfg.kind == "classifier":
+        kwargs["cpu_bf16"] = cfg.cpu_bf16
     return Teacher(cache, model, predictor, kwargs, cfg.batch_size * 8, cfg.num_actors)

@@ -59,24 +59,38 @@ class TeacherPredictor:
 
 class LogitsPredictor:
     """Raw logits of a sequence-classification teacher (``AutoModelForSequenceClassification``),
-    keyed by text hash: columns ``key``, ``logits`` (float32; temperature is applied at training)."""
+    keyed by text hash: columns ``key``, ``logits`` (float32; temperature is applied at training).
+    ``cpu_bf16``: the forward under bf16 autocast on a CPU with native bf16 (``encode.bf16_autocast``)."""
 
     def __init__(
-        self, model: str, max_seq_length: int, batch_size: int, prompt: str = "", dtype: str = "float32", threads: int | None = None
+        self,
+        model: str,
+        max_seq_length: int,
+        batch_size: int,
+        prompt: str = "",
+        dtype: str = "float32",
+        threads: int | None = None,
+        cpu_bf16: bool = False,
     ):
         from mdistill.encode import load_classifier
 
         _threads(threads)
         self.node = _node_id()
         self.model, self.tokenizer = load_classifier(model)
-        self.max_seq_length, self.batch_size, self.prompt = max_seq_length, batch_size, prompt
+        self.max_seq_length, self.batch_size, self.prompt, self.cpu_bf16 = max_seq_length, batch_size, prompt, cpu_bf16
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from mdistill.encode import classify_batch
 
         texts = batch.column("text").to_pylist()
         logits = classify_batch(
-            self.model, self.tokenizer, texts, batch_size=self.batch_size, max_seq_length=self.max_seq_length, prompt=self.prompt
+            self.model,
+            self.tokenizer,
+            texts,
+            batch_size=self.batch_size,
+            max_seq_length=self.max_seq_length,
+            prompt=self.prompt,
+            cpu_bf16=self.cpu_bf16,
         )
         return _tagged(embeddings_table(_keys(batch, texts), logits).rename_columns(["key", "logits"]), self.node)
 

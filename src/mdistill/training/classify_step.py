@@ -445,13 +445,19 @@ def predict_state_logits(model: nn.Module, chunks: Iterable[pa.Table], batch_siz
     was_training = inner.training
     inner.eval()
     features, out = StateFeatures(), []
+    device = next(inner.parameters()).device
     try:
-        for chunk in chunks:
-            items = features(chunk)
-            for start in range(0, len(items), batch_size):
-                hidden, mask = features.pad(items[start : start + batch_size])
-                device = next(inner.parameters()).device
-                out.append(inner.top_logits(hidden.to(device), mask.to(device)).float().cpu().numpy())
+        with torch.inference_mode():
+            for chunk in chunks:
+                items = features(chunk)
+                # length-sorted batches (little padding), written back in row order
+                order = sorted(range(len(items)), key=lambda i: items[i].shape[0])
+                logits = np.empty((len(items), inner.config.num_labels), np.float32)
+                for start in range(0, len(items), batch_size):
+                    idx = order[start : start + batch_size]
+                    hidden, mask = features.pad([items[i] for i in idx])
+                    logits[idx] = inner.top_logits(hidden.to(device), mask.to(device)).float().cpu().numpy()
+                out.append(logits)
     finally:
         inner.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, inner.config.num_labels), np.float32)

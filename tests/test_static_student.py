@@ -106,3 +106,20 @@ def test_a_linear_map_of_the_token_vectors_maps_every_sentence_vector_exactly(st
     assert mapped.weights is weighted.weights
     # the ridge shrinks the map (and only makes sense relative to x'x's scale)
     assert np.linalg.norm(linear_from_sums(gram_sums(x, y), ridge=1.0)) < np.linalg.norm(w)
+
+
+def test_a_unigram_vocabulary_keeps_its_pieces_and_its_unknown_piece_adds_nothing(tmp_path, pairs):
+    """model2vec's distillation renumbers a Unigram vocabulary without moving ``unk_id`` (on a
+    trimmed e5 it pointed at ``.``, dropped from every sentence); after ``distil_static`` the id is
+    the unknown piece's, every other piece is kept, and the unknown vector is zero (model2vec
+    skips it, sentence-transformers averages it in: after normalising, the same vector)."""
+    from test_trim_vocab import _unigram_model
+
+    texts = list(pairs.en) + list(pairs.text)
+    static = distil_static(_unigram_model(tmp_path / "uni", texts))
+    unk = static.tokenizer.token_to_id("<unk>")
+    assert static.unk_token_id == unk
+    assert not np.asarray(static.embedding[unk]).any()
+    sample = texts[:50]
+    kept = [[i for i in e.ids if i != unk] for e in static.tokenizer.encode_batch(sample, add_special_tokens=False)]
+    assert static.tokenize(sample) == kept

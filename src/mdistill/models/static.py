@@ -30,7 +30,34 @@ def distil_static(model_path: str | Path):
 
     model, tokenizer = AutoModel.from_pretrained(str(model_path)), AutoTokenizer.from_pretrained(str(model_path))
     # no PCA: the teacher's dimension; no SIF here: corpus frequencies are applied by with_sif_weights
-    return distill_from_model(model, tokenizer, pca_dims=None, sif_coefficient=None, quantize_to="float32")
+    static = distill_from_model(model, tokenizer, pca_dims=None, sif_coefficient=None, quantize_to="float32")
+    return _unk_repaired(static, tokenizer.unk_token)
+
+
+def _unk_repaired(static, unk_token: str | None):
+    """model2vec 0.10's distillation drops unused special pieces (``<s>``, ``</s>``) from a
+    Unigram vocabulary and renumbers it, but keeps the old ``unk_id``: on a trimmed e5 that id is
+    ``.``, which model2vec's ``encode`` and trainer then drop from every sentence while
+    sentence-transformers' ``StaticEmbedding`` keeps it. Point ``unk_id`` at the unknown piece
+    again, and zero its vector: model2vec skips unknown pieces, sentence-transformers averages
+    them in, and a zero vector makes the two agree after normalisation."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    spec = json.loads(static.tokenizer.to_str())
+    model = spec["model"]
+    if model.get("type") != "Unigram" or model.get("unk_id") is None or unk_token is None:
+        return static
+    pieces = [p for p, _ in model["vocab"]]
+    if unk_token not in pieces:
+        return static
+    model["unk_id"] = pieces.index(unk_token)
+    static.tokenizer = Tokenizer.from_str(json.dumps(spec))
+    static.unk_token_id = model["unk_id"]
+    vectors = np.array(static.embedding, dtype=np.float32)
+    vectors[model["unk_id"]] = 0.0
+    return _replaced(static, vectors, static.weights)
 
 
 def token_counts(tokenizer, texts: Iterable[str], vocab_size: int) -> np.ndarray:

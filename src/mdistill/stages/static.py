@@ -31,6 +31,7 @@ from mdistill.stages.train import SETTINGS_FILE
 from mdistill.teacher.cache import EmbeddingCache, embedding_matrix
 
 log = get_logger("static")
+EXPORT_TOLERANCE = 1e-5  # max abs diff between the exported model's loaders and the evaluated vectors
 
 
 @dataclass(frozen=True)
@@ -218,4 +219,8 @@ def export_static(trained: Path, out: Path, ours: dict[str, np.ndarray], check_r
     m2v = StaticModel.from_pretrained(str(out))
     st = SentenceTransformer(str(out), device="cpu")
     diff = max(float(np.abs(m2v.encode(texts) - want).max()), float(np.abs(st.encode(texts, convert_to_numpy=True) - want).max()))
+    if diff > EXPORT_TOLERANCE:  # the loaders disagree with what was evaluated: say so loudly, the report keeps the number
+        log.warning(
+            "%s: model2vec / sentence-transformers vectors differ from the evaluated ones by %.2e (> %.0e)", out, diff, EXPORT_TOLERANCE
+        )
     return ExportCheck(path=str(out), checked=len(texts), max_abs_diff=diff), int(m2v.embedding.size)

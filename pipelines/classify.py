@@ -149,7 +149,8 @@ def run(cfg: RunConfig) -> ClassifyReport:
                 teacher_base=teacher_base, states=files.states,
             )  # fmt: skip
             trainers[role] = _trainer(cfg, role, files.role(role), files.fingerprint, loops[role], scaling, tracker)
-        trained = {role: classify.load_trained(r) for role, r in train.fit_all(trainers, max_concurrent=concurrent).items()}
+        results = train.fit_all(trainers, max_concurrent=concurrent)
+        trained = {role: classify.load_trained(results[role]) for role in c.students}  # reported in the config's order
 
     # 6. Evaluate per language on the test (and dev) files: the teacher on every language, each student.
     with timings.stage("evaluate"):

@@ -53,8 +53,7 @@ def _unk_repaired(static, unk_token: str | None):
     if unk_token not in pieces:
         return static
     model["unk_id"] = pieces.index(unk_token)
-    static.tokenizer = Tokenizer.from_str(json.dumps(spec))
-    static.unk_token_id = model["unk_id"]
+    static.tokenizer = Tokenizer.from_str(json.dumps(spec))  # _replaced's StaticModel reads unk_id from it
     vectors = np.array(static.embedding, dtype=np.float32)
     vectors[model["unk_id"]] = 0.0
     return _replaced(static, vectors, static.weights)
